@@ -1,0 +1,90 @@
+"""`ferry` command line: run a catalogue, validate it, inspect a TF1 graph."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import ferry
+from ferry.spec import SpecError, load_catalogue
+
+DEFAULT_CATALOGUE = "specs/catalogue.yaml"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print every problem of every spec in the catalogue, with file, field and value."""
+    from ferry.model import check_layers
+
+    cat = load_catalogue(Path(args.catalogue))
+    problems = [p for ps in cat.problems.values() for p in ps]
+    for spec in cat.specs.values():
+        problems += check_layers(spec)
+    for problem in problems:
+        print(problem)
+    total = len(cat.specs) + len(cat.problems)
+    bad = len({p.file for p in problems})
+    print(f"{total - bad} of {total} specs valid" + (f", {len(problems)} problems" if problems else ""))
+    return 1 if problems else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Migrate the catalogue (or the --only models) and print the summary."""
+    from flows.migrate import CatalogueFailed, migrate_catalogue
+
+    state = migrate_catalogue(str(Path(args.catalogue).resolve()), args.only or None, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, CatalogueFailed):
+        print(f"ferry: {outcome}", file=sys.stderr)
+        return 1
+    if isinstance(outcome, SpecError):
+        raise outcome
+    if isinstance(outcome, BaseException):
+        print(f"ferry: catalogue run failed: {outcome}", file=sys.stderr)
+        return 1
+    print(f"ferry: {len(outcome)} of {len(outcome)} models migrated")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Show what a `.meta` graph holds: inputs, outputs, variables, ops, training-only parts."""
+    from ferry.inventory import build_inventory, format_inventory
+
+    inventory = build_inventory(Path(args.meta))
+    print(json.dumps(inventory, indent=1) if args.json else format_inventory(inventory))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ferry", description=__doc__)
+    p.add_argument("--version", action="version", version=f"ferry {ferry.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="migrate every model of a catalogue")
+    run.add_argument("catalogue", nargs="?", default=DEFAULT_CATALOGUE)
+    run.add_argument("--only", action="append", metavar="NAME", help="migrate only this model (repeatable)")
+    run.set_defaults(func=cmd_run)
+    val = sub.add_parser("validate", help="check a catalogue and its specs")
+    val.add_argument("catalogue", nargs="?", default=DEFAULT_CATALOGUE)
+    val.set_defaults(func=cmd_validate)
+    ins = sub.add_parser("inspect", help="inventory of a TF1 .meta graph")
+    ins.add_argument("meta")
+    ins.add_argument("--json", action="store_true", help="print the full inventory as JSON")
+    ins.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"ferry: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"ferry: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

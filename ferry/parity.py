@@ -1,0 +1,40 @@
+"""Parity between the TF1 graph's outputs and the Keras model's: the numbers a reviewer reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ferry.spec import Tolerance
+
+
+def compare(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> dict[str, Any]:
+    """Compare one output; passes when every |candidate - reference| <= atol + rtol * |reference|.
+
+    `max_rel_err` is taken over elements with |reference| > atol (below that, relative error says
+    nothing and the absolute bound decides). `argmax_agreement` is reported for outputs whose last
+    axis has more than one class.
+    """
+    if candidate.shape != reference.shape:
+        return {"passed": False, "error": f"shape {list(candidate.shape)} != TF1 shape {list(reference.shape)}"}
+    cand = candidate.astype(np.float64)
+    ref = reference.astype(np.float64)
+    nan_mismatch = int(np.sum(np.isnan(cand) != np.isnan(ref)))
+    diff = np.abs(np.nan_to_num(cand - ref, nan=0.0))
+    big = np.abs(ref) > tol.atol
+    result: dict[str, Any] = {
+        "passed": bool(nan_mismatch == 0 and np.all(np.isclose(cand, ref, rtol=tol.rtol, atol=tol.atol,
+                                                                equal_nan=True))),
+        "max_abs_err": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_err": float(diff.mean()) if diff.size else 0.0,
+        "max_rel_err": float((diff[big] / np.abs(ref[big])).max()) if big.any() else 0.0,
+        "atol": tol.atol,
+        "rtol": tol.rtol,
+        "elements": int(diff.size),
+    }
+    if nan_mismatch:
+        result["nan_mismatch"] = nan_mismatch
+    if reference.ndim >= 2 and reference.shape[-1] > 1:
+        result["argmax_agreement"] = float(np.mean(np.argmax(cand, -1) == np.argmax(ref, -1)))
+    return result

@@ -1,0 +1,343 @@
+"""The spec catalogue: one YAML spec per model, a catalogue file with shared defaults.
+
+Paths in a spec are relative to the spec file; paths in a catalogue to the catalogue file.
+Every problem is reported as `file: field: message (got value)` so a user can fix it in one edit.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(Exception):
+    """One or more problems in spec or catalogue files."""
+
+    def __init__(self, problems: list["Problem"]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class Problem(BaseModel):
+    """One problem: the file, the dotted field path, what is wrong and the value received."""
+
+    file: str
+    field: str
+    message: str
+    value: Any = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        got = "" if self.value is None else f" (got {self.value!r})"
+        return f"{where}: {self.message}{got}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class Source(_Strict):
+    """The TF1 artifacts and the tensors that become the serving signature."""
+
+    meta: Path
+    checkpoint: Path | None = Field(None, description="checkpoint prefix; default: meta without .meta")
+    inputs: dict[str, str] = Field(min_length=1, description="serving name -> TF1 tensor name")
+    outputs: dict[str, str] = Field(min_length=1, description="serving name -> TF1 tensor name")
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _tensor_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for serving, tensor in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", serving):
+                raise ValueError(f"serving name {serving!r} must be an identifier")
+            if not re.fullmatch(r"[^:\s]+:\d+", tensor):
+                raise ValueError(f"tensor name {tensor!r} for {serving!r} must look like 'op_name:0'")
+        return value
+
+    @property
+    def checkpoint_prefix(self) -> Path:
+        if self.checkpoint is not None:
+            return self.checkpoint
+        return self.meta.with_suffix("") if self.meta.suffix == ".meta" else self.meta
+
+
+class LayerSpec(BaseModel):
+    """One Keras layer: `class` plus the layer's own constructor arguments."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+    class_name: str = Field(alias="class", min_length=1)
+    name: str | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Architecture(_Strict):
+    """How to build the Keras model. Only the sequential `layers` form exists so far."""
+
+    layers: list[LayerSpec] = Field(min_length=1)
+    input_shapes: dict[str, list[int | None]] | None = Field(
+        None, description="per input, shape without batch dim; default: the TF1 placeholder's"
+    )
+
+
+class Rule(_Strict):
+    """Checkpoint keys that fully match `from` become the Keras weight `to` (regex groups allowed)."""
+
+    from_: str = Field(alias="from", min_length=1)
+    to: str | None = Field(None, description="target weight path template; default: the key itself")
+
+    @field_validator("from_")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class NameMap(_Strict):
+    """Ordered rename rules, skip patterns (or presets) and strict coverage."""
+
+    skip: list[str] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    strict: bool = True
+
+    @field_validator("skip")
+    @classmethod
+    def _skips(cls, value: list[str]) -> list[str]:
+        from ferry.namemap import SKIP_PRESETS
+
+        for item in value:
+            if item in SKIP_PRESETS:
+                continue
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise ValueError(
+                    f"{item!r} is neither a preset ({', '.join(SKIP_PRESETS)}) nor a valid regex: {exc}"
+                ) from exc
+        return value
+
+
+class Tolerance(_Strict):
+    """Pass when |keras - tf1| <= atol + rtol * |tf1| for every element."""
+
+    atol: float = Field(1e-5, ge=0)
+    rtol: float = Field(1e-5, ge=0)
+
+
+class Verify(_Strict):
+    """Verification dataset and tolerances."""
+
+    shards: str = Field(min_length=1, description="glob of .npz shards, relative to the spec")
+    batch_size: int = Field(64, gt=0)
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+    outputs: dict[str, Tolerance] = Field(default_factory=dict, description="per-output override")
+
+    def tolerance_for(self, output: str) -> Tolerance:
+        return self.outputs.get(output, self.tolerance)
+
+
+class Export(_Strict):
+    """Where the verified SavedModel lands."""
+
+    dir: Path
+
+
+class ModelSpec(_Strict):
+    """One model's migration, with every path resolved against its spec file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    source: Source
+    architecture: Architecture
+    name_map: NameMap = Field(default_factory=NameMap)
+    verify: Verify
+    export: Export
+    spec_file: Path = Field(Path("<memory>"), exclude=True)
+
+    @model_validator(mode="after")
+    def _outputs_consistent(self) -> "ModelSpec":
+        unknown = sorted(set(self.verify.outputs) - set(self.source.outputs))
+        if unknown:
+            raise ValueError(f"verify.outputs names {unknown} not in source.outputs {sorted(self.source.outputs)}")
+        return self
+
+    def shard_paths(self) -> list[Path]:
+        return [Path(p) for p in sorted(glob.glob(self.verify.shards))]
+
+
+class Tracking(_Strict):
+    """MLflow experiment for the catalogue's runs."""
+
+    experiment: str = "ferry"
+
+
+class CatalogueFile(_Strict):
+    """The catalogue file itself."""
+
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    models: list[str] = Field(min_length=1, description="spec file globs, relative to the catalogue")
+    tracking: Tracking = Field(default_factory=Tracking)
+
+
+class Catalogue(BaseModel):
+    """A loaded catalogue: its valid specs and the problems of the invalid ones."""
+
+    path: Path
+    tracking: Tracking
+    specs: dict[str, ModelSpec]
+    problems: dict[str, list[Problem]] = Field(default_factory=dict, description="spec file -> problems")
+
+
+def _read_yaml(path: Path, field: str = "") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError([Problem(file=str(path), field=field, message="file not found")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([Problem(file=str(path), field=field, message=f"invalid YAML: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise SpecError([Problem(file=str(path), field=field, message="expected a mapping at top level",
+                                 value=type(data).__name__)])
+    return data
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _problems_from(exc: ValidationError, file: Path) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = None if err["type"] == "missing" else err.get("input")
+        if isinstance(value, dict | list) and len(repr(value)) > 120:
+            value = None
+        problems.append(Problem(file=str(file), field=_field_path(err["loc"]), message=message, value=value))
+    return problems
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge `override` into `base`: mappings merge recursively, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the spec's relative paths absolute against the spec file's folder."""
+
+    def resolve(section: str, key: str) -> None:
+        part = data.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str):
+            part[key] = str((base / part[key]).resolve()) if not Path(part[key]).is_absolute() else part[key]
+
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for section, key in [("source", "meta"), ("source", "checkpoint"), ("verify", "shards"), ("export", "dir")]:
+        resolve(section, key)
+    return data
+
+
+def _check_files(spec: ModelSpec, file: Path) -> list[Problem]:
+    """Problems with files a spec points at: missing graph, checkpoint or shards."""
+    problems = []
+    src = spec.source
+    if not src.meta.is_file():
+        problems.append(Problem(file=str(file), field="source.meta", message="file not found", value=str(src.meta)))
+    index = Path(str(src.checkpoint_prefix) + ".index")
+    if not index.is_file():
+        problems.append(Problem(file=str(file), field="source.checkpoint",
+                                message=f"no checkpoint index {index.name} beside this prefix",
+                                value=str(src.checkpoint_prefix)))
+    if not spec.shard_paths():
+        problems.append(Problem(file=str(file), field="verify.shards", message="glob matches no file",
+                                value=spec.verify.shards))
+    return problems
+
+
+def load_spec(path: Path, defaults: dict[str, Any] | None = None, check_files: bool = True) -> ModelSpec:
+    """Load and validate one spec file (with catalogue defaults merged in); raise SpecError."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    data = _resolve_paths(deep_merge(defaults or {}, raw), path.parent)
+    try:
+        spec = ModelSpec.model_validate({**data, "spec_file": path})
+    except ValidationError as exc:
+        raise SpecError(_problems_from(exc, path)) from None
+    problems = _check_files(spec, path) if check_files else []
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def load_catalogue(path: Path, only: list[str] | None = None, check_files: bool = True) -> Catalogue:
+    """Load a catalogue; invalid specs are collected as problems, not raised.
+
+    Raises SpecError only for problems of the catalogue file itself, duplicate model names or an
+    `only` name that is not in the catalogue.
+    """
+    path = Path(path).resolve()
+    try:
+        cat = CatalogueFile.model_validate(_read_yaml(path))
+    except ValidationError as exc:
+        raise SpecError(_problems_from(exc, path)) from None
+
+    files: list[Path] = []
+    for i, pattern in enumerate(cat.models):
+        matched = sorted(Path(p) for p in glob.glob(str(path.parent / pattern)))
+        if not matched:
+            raise SpecError([Problem(file=str(path), field=f"models[{i}]", message="glob matches no spec file",
+                                     value=pattern)])
+        files += [f for f in matched if f not in files]
+
+    specs: dict[str, ModelSpec] = {}
+    problems: dict[str, list[Problem]] = {}
+    for file in files:
+        try:
+            spec = load_spec(file, cat.defaults, check_files=check_files)
+        except SpecError as exc:
+            problems[str(file)] = exc.problems
+            continue
+        if spec.name in specs:
+            raise SpecError([Problem(file=str(file), field="name", message=(
+                f"duplicate model name, also used by {specs[spec.name].spec_file}"), value=spec.name)])
+        specs[spec.name] = spec
+
+    if only:
+        names = set(specs) | {_name_hint(Path(f)) for f in problems}
+        missing = [n for n in only if n not in names]
+        if missing:
+            raise SpecError([Problem(file=str(path), field="--only", message=(
+                f"no such model in the catalogue; known: {', '.join(sorted(names))}"), value=", ".join(missing))])
+        specs = {n: s for n, s in specs.items() if n in only}
+        problems = {f: p for f, p in problems.items() if _name_hint(Path(f)) in only}
+    return Catalogue(path=path, tracking=cat.tracking, specs=specs, problems=problems)
+
+
+def _name_hint(file: Path) -> str:
+    """The model name of a spec file that failed validation: its `name` if readable, else its stem."""
+    try:
+        name = yaml.safe_load(file.read_text()).get("name")
+    except Exception:  # noqa: BLE001 - any unreadable spec falls back to the file name
+        name = None
+    return name if isinstance(name, str) else file.stem

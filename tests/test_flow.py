@@ -1,0 +1,119 @@
+"""The catalogue flow end to end: a real Prefect run (test harness), a real MLflow store, real TF1 models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ferry.cli import main
+from ferry.runtime import load_shard, run_tf1
+from ferry.spec import load_catalogue
+from flows.migrate import CatalogueFailed, migrate_catalogue
+from tasks.export import call_savedmodel
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+STAGES = ["inspect", "reconstruct", "restore", "verify", "export"]
+
+
+def runs_of(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    return parents, children
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out.add(item.path)
+        if item.is_dir:
+            out |= artifact_paths(client, run_id, item.path)
+    return out
+
+
+def test_catalogue_migrates_three_models_with_full_mlflow_record(catalogue):
+    rows = migrate_catalogue(str(catalogue))
+    assert [(r["model"], r["status"], r["coverage"]) for r in rows] == [
+        ("linear", "passed", 1.0), ("mlp", "passed", 1.0), ("mnist_cnn", "passed", 1.0)]
+    assert all(r["worst_abs_err"] <= 1e-5 for r in rows)
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    [parent], children = runs_of(client, "ferry-examples")
+    assert parent.info.run_name.startswith("catalogue ") and parent.data.tags["status"] == "passed"
+    assert {"summary.json", "summary.txt"} <= artifact_paths(client, parent.info.run_id)
+    assert sorted(children) == ["linear", "mlp", "mnist_cnn"]
+
+    for name, run in children.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["status"] == "passed" and run.data.tags["failed_stage"] == ""
+        assert run.info.status == "FINISHED"
+        metrics = run.data.metrics
+        assert metrics["coverage.model_weights"] == 1.0
+        assert metrics["coverage.checkpoint_keys"] == 1.0
+        assert metrics["coverage.checkpoint_keys_skipped"] > 0  # optimizer slots and global_step
+        assert all(metrics[f"duration.{stage}"] > 0 for stage in STAGES)
+        assert run.data.params["name"] == name
+        assert run.data.params["verify.tolerance.atol"] == "1e-05"
+        artifacts = artifact_paths(client, run.info.run_id)
+        assert {f"spec/{name}.yaml", "inventory.json", "name_map.json", "parity.json",
+                "savedmodel/saved_model.pb"} <= artifacts
+
+    output = {"linear": "y", "mlp": "probs", "mnist_cnn": "probs"}
+    cnn = children["mnist_cnn"]
+    history = client.get_metric_history(cnn.info.run_id, "parity.probs.max_abs_err")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]  # one value per shard, shard index as step
+    assert all(m.value <= 1e-5 for m in history)
+    for name, out in output.items():
+        assert children[name].data.metrics[f"parity.{out}.max_abs_err"] <= 1e-5
+    assert cnn.data.metrics["parity.probs.argmax_agreement"] == 1.0
+
+    # The exported SavedModels reload, keep the TF1 names, and reproduce the TF1 graph.
+    cat = load_catalogue(catalogue)
+    for name, spec in cat.specs.items():
+        shard = spec.shard_paths()[-1]
+        arrays = load_shard(spec, shard)
+        got = call_savedmodel(spec.export.dir, arrays)
+        want = run_tf1(spec, arrays, 64, "/CPU:0")
+        assert sorted(got) == [output[name]]
+        np.testing.assert_allclose(got[output[name]], want[output[name]], atol=1e-5, rtol=1e-5)
+    assert not [p for p in (catalogue.parent.parent / "exports").iterdir() if p.name.startswith(".")]
+
+
+def test_one_failing_model_does_not_stop_the_others(catalogue):
+    cnn = catalogue.parent / "models" / "mnist_cnn.yaml"
+    cnn.write_text(cnn.read_text().replace(r"to: '\1/\3'", r"to: 'conv/\3'"))  # a broken name map
+    broken = catalogue.parent / "models" / "broken.yaml"
+    broken.write_text("name: broken\nsource: {meta: nowhere.meta}\n")
+
+    with pytest.raises(CatalogueFailed) as info:
+        migrate_catalogue(str(catalogue))
+    assert str(info.value) == "2 of 4 models failed: broken at spec, mnist_cnn at restore"
+    rows = {r["model"]: r for r in info.value.rows}
+    assert rows["linear"]["status"] == rows["mlp"]["status"] == "passed"
+    assert "model-weight coverage 0%" in rows["mnist_cnn"]["error"]
+    assert "broken.yaml: source.inputs: Field required" in rows["broken"]["error"]
+
+    exports = catalogue.parent.parent / "exports"
+    assert sorted(p.name for p in exports.iterdir()) == ["linear", "mlp"]  # nothing exported for failures
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    [parent], children = runs_of(client, "ferry-examples")
+    assert parent.data.tags["status"] == "failed" and parent.info.status == "FAILED"
+    failed = children["mnist_cnn"]
+    assert (failed.data.tags["status"], failed.data.tags["failed_stage"]) == ("failed", "restore")
+    assert failed.data.metrics["coverage.model_weights"] == 0.0
+    assert "name_map.json" in artifact_paths(client, failed.info.run_id)  # the report explains the failure
+    assert children["broken"].data.tags["failed_stage"] == "spec"
+
+
+def test_cli_run_only_one_model(catalogue, capsys):
+    assert main(["run", str(catalogue), "--only", "linear"]) == 0
+    assert "ferry: 1 of 1 models migrated" in capsys.readouterr().out
+    assert (catalogue.parent.parent / "exports" / "linear" / "saved_model.pb").exists()
+    assert not (catalogue.parent.parent / "exports" / "mlp").exists()

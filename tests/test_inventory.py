@@ -1,0 +1,355 @@
+"""Tests for ferry.inventory on real TF1 graphs, built in a separate process (tf_keras layers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ferry.inventory import build_inventory, format_inventory
+
+# Builds four small trained models and saves each as `<out>/<name>/model.ckpt(.meta)`.
+# `disable_v2_behavior()` is process-wide, so the resource-variable MLP is built first, with
+# eager execution disabled only; the TF1-era graphs (reference variables, v1 cond) come after.
+BUILDER = textwrap.dedent(
+    '''
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    OUT = Path(sys.argv[1])
+    RNG = np.random.default_rng(0)
+
+
+    def save(name, graph, train, feed):
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            for _ in range(2):
+                sess.run(train, feed)
+            v1.train.Saver().save(sess, str(OUT / name / "model.ckpt"))
+
+
+    def mlp(name):
+        graph = tf.Graph()
+        with graph.as_default():
+            x = v1.placeholder(tf.float32, [None, 784], name="x")
+            y = v1.placeholder(tf.int64, [None], name="y")
+            hidden = v1.layers.dense(x, 64, activation=tf.nn.relu, name="dense")
+            logits = v1.layers.dense(hidden, 10, name="dense_1")
+            tf.nn.softmax(logits, name="probs")
+            loss = v1.losses.sparse_softmax_cross_entropy(y, logits)
+            v1.summary.scalar("loss", loss)
+            v1.summary.merge_all()
+            step = v1.train.get_or_create_global_step()
+            train = v1.train.AdamOptimizer(1e-3).minimize(loss, global_step=step)
+            feed = {x: RNG.random((4, 784), dtype=np.float32), y: np.arange(4)}
+        save(name, graph, train, feed)
+
+
+    def cnn(name):
+        graph = tf.Graph()
+        with graph.as_default():
+            images = v1.placeholder(tf.float32, [None, 28, 28, 1], name="images")
+            labels = v1.placeholder(tf.int64, [None], name="labels")
+            is_training = v1.placeholder(tf.bool, [], name="is_training")
+            net = v1.layers.conv2d(images, 8, 3, strides=2, padding="same",
+                                   activation=tf.nn.relu, name="conv2d")
+            net = v1.layers.batch_normalization(net, training=is_training, name="bn")
+            net = v1.layers.flatten(net)
+            net = v1.layers.dropout(net, rate=0.5, training=is_training)
+            logits = v1.layers.dense(net, 10, name="dense")
+            tf.nn.softmax(logits, name="probs")
+            loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+            step = v1.train.get_or_create_global_step()
+            with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+                train = v1.train.MomentumOptimizer(0.01, 0.9).minimize(loss, global_step=step)
+            feed = {images: RNG.random((4, 28, 28, 1), dtype=np.float32),
+                    labels: np.arange(4), is_training: True}
+        save(name, graph, train, feed)
+
+
+    def tutorial(name):
+        """The TF1 MNIST-tutorial style: keep_prob placeholder, one-hot labels, loss from probs."""
+        graph = tf.Graph()
+        with graph.as_default():
+            x = v1.placeholder(tf.float32, [None, 784], name="x")
+            y_ = v1.placeholder(tf.float32, [None, 10], name="y_")
+            keep_prob = v1.placeholder(tf.float32, name="keep_prob")
+            w1 = v1.get_variable("W1", [784, 32])
+            b1 = v1.get_variable("b1", [32], initializer=v1.zeros_initializer())
+            hidden = v1.nn.dropout(tf.nn.relu(tf.matmul(x, w1) + b1), keep_prob=keep_prob)
+            w2 = v1.get_variable("W2", [32, 10])
+            b2 = v1.get_variable("b2", [10], initializer=v1.zeros_initializer())
+            probs = tf.nn.softmax(tf.matmul(hidden, w2) + b2, name="probs")
+            loss = tf.reduce_mean(-tf.reduce_sum(y_ * tf.math.log(probs), axis=[1]))
+            train = v1.train.GradientDescentOptimizer(0.5).minimize(loss, name="train")
+            feed = {x: RNG.random((2, 784), dtype=np.float32),
+                    y_: np.eye(10, dtype=np.float32)[:2], keep_prob: 0.5}
+        save(name, graph, train, feed)
+
+
+    v1.disable_eager_execution()
+    mlp("mlp_resource")
+    v1.disable_v2_behavior()
+    mlp("mlp")
+    cnn("cnn")
+    tutorial("tutorial")
+    print("built")
+    '''
+)
+MODELS = ("mlp", "cnn", "mlp_resource", "tutorial")
+
+
+@pytest.fixture(scope="module")
+def metas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Build the fixture graphs once, in a separate process (tf_keras needs its own env)."""
+    root = tmp_path_factory.mktemp("inventory_graphs")
+    script = root / "build_graphs.py"
+    script.write_text(BUILDER)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(script), str(root)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    paths = {name: root / name / "model.ckpt.meta" for name in MODELS}
+    assert all(p.is_file() for p in paths.values()), list(root.rglob("*"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def inv(metas: dict[str, Path]) -> dict[str, dict]:
+    """Inventories of the fixture graphs, by model name."""
+    return {name: build_inventory(path) for name, path in metas.items()}
+
+
+def by_name(items: list[dict]) -> dict[str, dict]:
+    """Index inventory items by their `name`."""
+    return {item["name"]: item for item in items}
+
+
+def op_names(inventory: dict) -> set[str]:
+    """Names of the inference ops."""
+    return {op["name"] for op in inventory["ops"]}
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def test_placeholders_are_the_model_inputs_with_shapes(inv):
+    assert inv["mlp"]["placeholders"] == [
+        {"name": "x", "tensor": "x:0", "dtype": "float32", "shape": [None, 784],
+         "has_default": False}
+    ]
+    assert [(p["name"], p["shape"]) for p in inv["cnn"]["placeholders"]] == [
+        ("images", [None, 28, 28, 1])
+    ]
+    assert [p["name"] for p in inv["mlp_resource"]["placeholders"]] == ["x"]
+
+
+def test_labels_and_switches_are_training_only(inv):
+    assert inv["mlp"]["training_only"]["labels"] == ["y"]
+    assert inv["cnn"]["training_only"]["labels"] == ["labels"]
+    assert inv["cnn"]["training_only"]["is_training"] == ["is_training"]
+    tutorial = inv["tutorial"]["training_only"]
+    assert tutorial["labels"] == ["y_"]
+    assert tutorial["is_training"] == ["keep_prob"]  # it only feeds dropout (via 1 - keep_prob)
+    assert [p["name"] for p in inv["tutorial"]["placeholders"]] == ["x"]
+
+
+# ----------------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "mlp_resource"])
+def test_candidate_outputs_are_the_softmax(inv, model):
+    inputs = {"mlp": ["x"], "cnn": ["images"], "mlp_resource": ["x"]}[model]
+    assert inv[model]["outputs"] == [
+        {"name": "probs", "tensor": "probs:0", "op": "Softmax", "dtype": "float32",
+         "shape": [None, 10], "depends_on": inputs}
+    ]
+
+
+def test_candidate_outputs_exclude_loss_and_training_ops(inv):
+    # A loss that nothing reads (cnn), or one only a summary reads (mlp), is no candidate.
+    for model in MODELS:
+        for output in inv[model]["outputs"]:
+            assert "loss" not in output["name"] and "gradients" not in output["name"]
+    # Tutorial style: probs is read only by log(probs) in the loss, so the candidates are the
+    # ops just before the labels join in; none depends on the labels or keep_prob.
+    tutorial = inv["tutorial"]["outputs"]
+    assert tutorial and all(o["depends_on"] == ["x"] for o in tutorial)
+    assert {o["op"] for o in tutorial} <= {"Softmax", "Log", "ArgMax"}
+
+
+# --------------------------------------------------------------------------------- variables
+
+
+def test_variables_reference_kind_shapes_and_readers(inv):
+    variables = by_name(inv["mlp"]["variables"])
+    kernel = variables["dense/kernel"]
+    assert kernel == {"name": "dense/kernel", "shape": [784, 64], "dtype": "float32",
+                      "kind": "reference", "trainable": True, "training_only": False,
+                      "read_by": ["dense/MatMul"]}
+    assert variables["dense/bias"]["read_by"] == ["dense/BiasAdd"]
+    assert variables["dense_1/kernel"]["shape"] == [64, 10]
+    assert {v["kind"] for v in inv["mlp"]["variables"]} == {"reference"}
+
+
+def test_variables_resource_kind_read_through_read_variable_op(inv):
+    variables = by_name(inv["mlp_resource"]["variables"])
+    assert {v["kind"] for v in variables.values()} == {"resource"}
+    assert variables["dense/kernel"]["read_by"] == ["dense/MatMul"]
+    assert variables["dense/kernel"]["shape"] == [784, 64]
+    assert variables["dense_1/bias"]["read_by"] == ["dense_1/BiasAdd"]
+    types = {op["name"]: op["type"] for op in inv["mlp_resource"]["ops"]}
+    assert types["dense/kernel"] == "VarHandleOp"
+    assert "ReadVariableOp" in inv["mlp_resource"]["op_types"]
+
+
+@pytest.mark.parametrize("model", ["mlp", "mlp_resource"])
+def test_optimizer_slots_and_global_step_are_training_only(inv, model):
+    variables = by_name(inv[model]["variables"])
+    for name in ("dense/kernel/Adam", "dense/kernel/Adam_1", "dense_1/bias/Adam_1",
+                 "beta1_power", "beta2_power", "global_step"):
+        assert variables[name]["training_only"], name
+        assert not variables[name]["trainable"], name
+    inference = [v["name"] for v in variables.values() if not v["training_only"]]
+    assert inference == ["dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"]
+    parts = inv[model]["training_only"]
+    assert {"dense/kernel/Adam", "dense/kernel/Adam_1", "beta1_power", "Adam"} <= set(
+        parts["optimizer"]
+    )
+    assert parts["global_step"] == ["global_step"]
+    assert parts["summaries"] == ["loss", "Merge/MergeSummary"]
+    assert parts["gradients"] > 0 and parts["save_restore"] > 0 and parts["initializers"] > 0
+
+
+def test_batch_norm_variables_are_read_by_both_fused_batch_norms(inv):
+    variables = by_name(inv["cnn"]["variables"])
+    for name in ("bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"):
+        assert variables[name]["read_by"] == [
+            "bn/cond/FusedBatchNormV3", "bn/cond/FusedBatchNormV3_1"
+        ], name
+        assert not variables[name]["training_only"]
+    assert not variables["bn/moving_mean"]["trainable"]
+    assert variables["conv2d/kernel"]["shape"] == [3, 3, 1, 8]
+    assert variables["conv2d/kernel"]["read_by"] == ["conv2d/Conv2D"]
+    assert variables["conv2d/kernel/Momentum"]["training_only"]
+
+
+# --------------------------------------------------------------------------------------- ops
+
+
+def test_conv_attrs(inv):
+    conv = by_name(inv["cnn"]["ops"])["conv2d/Conv2D"]
+    assert conv["type"] == "Conv2D"
+    assert conv["inputs"] == ["images", "conv2d/kernel/read"]
+    assert conv["attrs"]["padding"] == "SAME"
+    assert conv["attrs"]["strides"] == [1, 2, 2, 1]
+    assert conv["attrs"]["data_format"] == "NHWC"
+    assert conv["attrs"]["dilations"] == [1, 1, 1, 1]
+    assert conv["attrs"]["T"] == "float32"
+
+
+def test_fused_batch_norm_epsilon_and_modes(inv):
+    norms = [op for op in inv["cnn"]["ops"] if op["type"].startswith("FusedBatchNorm")]
+    # tf.layers.batch_normalization(training=<placeholder>) builds a v1 cond with one fused op
+    # per branch: batch statistics (is_training=True) and moving averages (is_training=False).
+    assert {op["attrs"]["is_training"] for op in norms} == {True, False}
+    assert all(op["attrs"]["epsilon"] == 0.001 for op in norms)  # float32 attr, shortest form
+    assert inv["cnn"]["op_types"]["FusedBatchNormV3"] == 2
+
+
+def test_matmul_attrs_and_inputs(inv):
+    matmul = by_name(inv["mlp"]["ops"])["dense/MatMul"]
+    assert matmul["inputs"] == ["x", "dense/kernel/read"]
+    assert matmul["attrs"] == {"T": "float32", "transpose_a": False, "transpose_b": False}
+
+
+def test_dropout_and_updates_are_listed_not_inference_ops(inv):
+    cnn = inv["cnn"]
+    assert cnn["training_only"]["dropout"] == ["dropout"]
+    assert cnn["training_only"]["updates"] == ["bn/AssignMovingAvg", "bn/AssignMovingAvg_1"]
+    assert not any(name.startswith(("dropout/", "bn/AssignMovingAvg")) for name in op_names(cnn))
+    # Dropout is skipped, yet the layer after it still reads its (inference: identity) output.
+    assert by_name(cnn["ops"])["dense/MatMul"]["inputs"][0] == "dropout/cond/Merge"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_inference_ops_hold_no_training_parts(inv, model):
+    # tf.losses leaves a few constants that nothing uses (no inputs either): dead, not training.
+    used = {i.split(":")[0] for op in inv[model]["ops"] for i in op["inputs"]}
+    names = {op["name"] for op in inv[model]["ops"] if op["type"] != "Const" or op["name"] in used}
+    prefixes = ("gradients/", "save/", "Adam/", "Momentum/", "train/", "global_step",
+                "beta1_power", "sparse_softmax_cross_entropy_loss/", "init")
+    assert not [n for n in names if n.startswith(prefixes) or "/Adam" in n or "Initializer" in n]
+    assert not [op for op in inv[model]["ops"] if "Summary" in op["type"]
+                or op["type"].startswith(("Apply", "ResourceApply", "Assign", "Save", "Restore"))]
+    assert sum(inv[model]["op_types"].values()) == len(inv[model]["ops"])
+
+
+def test_op_types_count_inference_ops(inv):
+    assert inv["mlp"]["op_types"] == {
+        "Identity": 4, "VariableV2": 4, "Const": 3, "BiasAdd": 2, "MatMul": 2,
+        "Placeholder": 1, "Relu": 1, "Softmax": 1,
+    }
+
+
+# ------------------------------------------------------------------------------ format, json
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_inventory_is_json_serialisable(inv, metas, model):
+    assert json.loads(json.dumps(inv[model])) == inv[model]
+    assert inv[model]["meta"] == str(metas[model])
+
+
+def test_format_inventory_mentions_inputs_outputs_variables(inv):
+    text = format_inventory(inv["mlp"])
+    for expected in ("Inputs (1)", "x:0", "[?, 784]", "Candidate outputs (1)", "probs:0",
+                     "Softmax", "Variables (4 used by inference, 11 training-only)",
+                     "dense/kernel", "[784, 64]", "reference", "dense/MatMul",
+                     "Op types", "MatMul 2", "Training-only parts", "global_step",
+                     "dense/kernel/Adam", "labels:", "gradients:"):
+        assert expected in text, expected
+    for model in MODELS:
+        assert max(len(line) for line in format_inventory(inv[model]).splitlines()) <= 100
+
+
+def test_format_inventory_cnn_shows_switches(inv):
+    text = format_inventory(inv["cnn"])
+    assert "images:0" in text and "[?, 28, 28, 1]" in text
+    assert "bn/cond/FusedBatchNormV3 (+1)" in text
+    assert "is_training:" in text and "dropout:" in text
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+def test_missing_meta_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "model.ckpt.meta"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        build_inventory(missing)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00 not a graph", b"hello: world\n"])
+def test_not_a_meta_graph_names_the_path(tmp_path, content):
+    bogus = tmp_path / "bogus.meta"
+    bogus.write_bytes(content)
+    with pytest.raises(ValueError, match="bogus.meta"):
+        build_inventory(bogus)
+
+
+def test_import_leaves_the_default_context_alone(metas):
+    import tensorflow as tf
+
+    build_inventory(metas["mlp"])
+    assert tf.executing_eagerly()
+    assert not tf.compat.v1.get_default_graph().get_operations()

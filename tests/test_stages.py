@@ -1,0 +1,166 @@
+"""The stages on real TF1 checkpoints, called as plain functions (no Prefect, no MLflow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO
+from ferry.model import build_model, weight_paths
+from ferry.spec import load_catalogue, load_spec
+from tasks.inspect import inspect_graph
+from tasks.reconstruct import reconstruct
+from tasks.restore import RestoreError, restore_weights
+from tasks.verify import ParityError, verify_shard
+
+TWIN_BUILDER = """
+import sys
+sys.path.insert(0, {zoo_dir!r})
+import build
+from build import Built, np, tf, v1
+
+def build_twin_mlp(rng):
+    '''16-32-32-4 MLP: `dense_1` and `dense_2` have the same shapes.'''
+    x = v1.placeholder(tf.float32, [None, 16], name="x")
+    labels = v1.placeholder(tf.int64, [None], name="labels")
+    h = v1.layers.dense(x, 32, activation=tf.nn.relu)
+    h = v1.layers.dense(h, 32, activation=tf.nn.relu)
+    h = v1.layers.dense(h, 32, activation=tf.nn.relu)
+    logits = v1.layers.dense(h, 4)
+    probs = tf.nn.softmax(logits, name="probs")
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    train_op = v1.train.AdamOptimizer(1e-2).minimize(loss, global_step=v1.train.get_or_create_global_step())
+    feeds = [{{x: rng.uniform(size=(32, 16)).astype(np.float32), labels: rng.randint(0, 4, size=32)}}
+             for _ in range(5)]
+    return Built(inputs={{"x": x}}, outputs={{"probs": probs}}, train_op=train_op, train_feeds=feeds,
+                 shard=lambda r: {{"x": r.uniform(size=(64, 16)).astype(np.float32)}})
+
+build.MODELS["twin_mlp"] = build_twin_mlp
+sys.exit(build.main(["--out", {out!r}, "--only", "twin_mlp"]))
+"""
+
+TWIN_SPEC = """
+name: twin_mlp
+source:
+  meta: zoo/twin_mlp/model.ckpt.meta
+  inputs: {x: "x:0"}
+  outputs: {probs: "probs:0"}
+architecture:
+  layers:
+    - {class: Dense, units: 32, activation: relu}
+    - {class: Dense, units: 32, activation: relu}
+    - {class: Dense, units: 32, activation: relu}
+    - {class: Dense, units: 4, activation: softmax}
+name_map:
+  skip: [optimizer]
+  rules: RULES
+verify:
+  shards: zoo/twin_mlp/shards/*.npz
+export:
+  dir: exports/twin_mlp
+"""
+
+
+@pytest.fixture(scope="module")
+def twin_zoo(tmp_path_factory) -> Path:
+    """A TF1 MLP with two same-shaped hidden layers, built by the zoo script in its own process."""
+    out = tmp_path_factory.mktemp("twin") / "zoo"
+    script = out.parent / "build_twin.py"
+    script.write_text(TWIN_BUILDER.format(zoo_dir=str(REPO / "zoo"), out=str(out)))
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True)
+    return out.parent
+
+
+def twin_spec(folder: Path, rules: str):
+    path = folder / "twin_mlp.yaml"
+    path.write_text(TWIN_SPEC.replace("RULES", rules))
+    return load_spec(path)
+
+
+def example_spec(catalogue: Path, name: str, **changes):
+    """An example spec, optionally with top-level sections replaced."""
+    spec = load_catalogue(catalogue, only=[name]).specs[name]
+    return spec.model_copy(update=changes)
+
+
+def prepare(spec, work: Path):
+    inventory = inspect_graph.fn(spec, work)
+    return reconstruct.fn(spec, inventory)
+
+
+def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_path):
+    spec = example_spec(catalogue, "mlp")
+    info = prepare(spec, tmp_path)
+    model = build_model(spec, info["inputs"])
+    before = {p: w.numpy().copy() for p, w in weight_paths(model).items()}
+
+    # The recipe most tutorials give: no error, and not one weight restored.
+    tf.train.Checkpoint(model=model).restore(str(spec.source.checkpoint_prefix)).expect_partial()
+    reader = tf.train.load_checkpoint(str(spec.source.checkpoint_prefix))
+    for path, w in weight_paths(model).items():
+        np.testing.assert_array_equal(w.numpy(), before[path])
+        assert not np.array_equal(w.numpy(), reader.get_tensor(path))  # the checkpoint holds other values
+
+    empty = spec.model_copy(update={"name_map": spec.name_map.model_copy(update={"rules": []})})
+    with pytest.raises(RestoreError) as info_:
+        restore_weights.fn(empty, info, tmp_path)
+    message = str(info_.value)
+    assert "mlp.yaml: name_map:" in message
+    assert "6 of 6 model weights unassigned (model-weight coverage 0%)" in message
+    assert "the name map has no rules: add e.g. `rules: [{from: '(.*)'}]`" in message
+    assert "dense/kernel [784, 64] (no checkpoint key mapped here; unused keys of this shape: dense/kernel)" in message
+    assert not (tmp_path / "restored.weights.h5").exists()  # nothing half-restored to hand on
+
+
+def test_ferry_restore_assigns_every_checkpoint_value(catalogue, tmp_path):
+    spec = example_spec(catalogue, "mnist_cnn")
+    info = prepare(spec, tmp_path)
+    restored = restore_weights.fn(spec, info, tmp_path)
+    assert restored["coverage"]["model_weights"] == 1.0
+    assert restored["coverage"]["checkpoint_keys_skipped"] == 15  # 12 Adam slots, 2 beta powers, global_step
+    model = build_model(spec, info["inputs"])
+    model.load_weights(restored["weights"])
+    reader = tf.train.load_checkpoint(str(spec.source.checkpoint_prefix))
+    for path, w in weight_paths(model).items():
+        np.testing.assert_array_equal(w.numpy(), reader.get_tensor(path))
+
+
+def test_shape_mismatch_names_both_sides_and_shapes(catalogue, tmp_path):
+    spec = example_spec(catalogue, "mlp")
+    layers = [layer.model_copy() for layer in spec.architecture.layers]
+    layers[0] = layers[0].model_validate({"class": "Dense", "units": 32, "activation": "relu"})
+    spec = spec.model_copy(update={"architecture": spec.architecture.model_copy(update={"layers": layers})})
+    info = prepare(spec, tmp_path)
+    with pytest.raises(RestoreError, match=r"shape mismatch: checkpoint key 'dense/kernel' has shape \[784, 64\], "
+                                           r"model weight 'dense/kernel' has shape \[784, 32\]"):
+        restore_weights.fn(spec, info, tmp_path)
+
+
+def test_declared_tensor_missing_from_graph_is_named(catalogue, tmp_path):
+    spec = example_spec(catalogue, "mlp")
+    spec = spec.model_copy(update={"source": spec.source.model_copy(update={"outputs": {"probs": "softmax:0"}})})
+    with pytest.raises(ValueError, match=r"mlp.yaml: source.outputs.probs: no op 'softmax' in the graph"):
+        inspect_graph.fn(spec, tmp_path)
+
+
+def test_swapped_same_shaped_layers_pass_restore_and_fail_verify(twin_zoo, tmp_path):
+    good = twin_spec(twin_zoo, "[{from: '(.*)'}]")
+    info = prepare(good, tmp_path)
+    restored = restore_weights.fn(good, info, tmp_path)
+    record = verify_shard.fn(good, info, restored["weights"], good.shard_paths()[0], 0, 1)
+    assert record["passed"] and record["outputs"]["probs"]["max_abs_err"] <= 1e-5
+
+    swapped = twin_spec(twin_zoo, r"[{from: 'dense_1/(.*)', to: 'dense_2/\1'}, "
+                                  r"{from: 'dense_2/(.*)', to: 'dense_1/\1'}, {from: '(.*)'}]")
+    restored = restore_weights.fn(swapped, info, tmp_path)
+    assert restored["coverage"]["model_weights"] == 1.0  # shapes agree: restore cannot tell
+    with pytest.raises(ParityError) as info_:
+        verify_shard.fn(swapped, info, restored["weights"], swapped.shard_paths()[0], 0, 1)
+    out = info_.value.record["outputs"]["probs"]
+    assert out["passed"] is False and out["max_abs_err"] > 1e-3
+    assert "shard" in str(info_.value) and "out of tolerance" in str(info_.value)
