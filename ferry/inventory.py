@@ -338,16 +338,21 @@ def _descendants(
 
 def _differentiated_heads(graph: tf.Graph, data_users: Users) -> frozenset[str]:
     """Ops `tf.gradients` differentiated (a `gradients/<op>_grad/` scope) that feed no other such
-    op: the losses that were minimised."""
+    op, directly or through ops in between: the losses that were minimised."""
     differentiated = set()
     for op in graph.get_operations():
         match = _GRAD_SCOPE_RE.search(op.name)
         if match and not _GRADIENTS_RE.fullmatch(match.group(1).split("/")[0]):
             differentiated.add(match.group(1))
-    existing = {op.name for op in graph.get_operations()}
-    heads = {name for name in differentiated & existing
-             if not any(u.name in differentiated for u in data_users.get(name, []))}
-    return frozenset(heads)
+    # An op feeds the loss when any op downstream of it (transitively: ops without a gradient
+    # scope of their own, like `Identity`, sit in between) was differentiated too.
+    feeds_differentiated: set[str] = set()
+    ops = graph.get_operations()
+    for op in reversed(ops):
+        if any(u.name in differentiated or u.name in feeds_differentiated for u in data_users.get(op.name, [])):
+            feeds_differentiated.add(op.name)
+    existing = {op.name for op in ops}
+    return frozenset(differentiated & existing - feeds_differentiated)
 
 
 def _absorb_feeders(

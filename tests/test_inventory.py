@@ -353,3 +353,27 @@ def test_import_leaves_the_default_context_alone(metas):
     build_inventory(metas["mlp"])
     assert tf.executing_eagerly()
     assert not tf.compat.v1.get_default_graph().get_operations()
+
+
+@pytest.mark.parametrize(("model", "inputs", "outputs"), [
+    ("linear", ["x"], ["y"]),  # output is an Identity the MSE loss reads: still the model's output
+    ("mlp", ["x"], ["probs"]),
+    ("mnist_cnn", ["images"], ["probs"]),
+])
+def test_example_zoo_inputs_and_outputs(zoo, model, inputs, outputs):
+    inv = build_inventory(zoo / model / "model.ckpt.meta")
+    assert [p["name"] for p in inv["placeholders"]] == inputs
+    assert [o["name"] for o in inv["outputs"]] == outputs
+    weights = [v for v in inv["variables"] if not v["training_only"]]
+    assert weights and all(v["read_by"] for v in weights)
+    assert all(v["name"].endswith(("/kernel", "/bias")) for v in weights)
+
+
+def test_inspect_command_prints_the_inventory(zoo, capsys):
+    from ferry.cli import main
+
+    assert main(["inspect", str(zoo / "mnist_cnn" / "model.ckpt.meta")]) == 0
+    out = capsys.readouterr().out
+    assert "images" in out and "probs" in out and "conv2d_1/kernel" in out
+    assert main(["inspect", str(zoo / "nope.meta")]) == 2
+    assert "nope.meta" in capsys.readouterr().err

@@ -1,0 +1,3 @@
+"""Prefect flows: thin wiring of the stages in `tasks/`."""
+
+import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
