@@ -324,17 +324,17 @@ def load_catalogue(path: Path, only: list[str] | None = None, check_files: bool 
         specs[spec.name] = spec
 
     if only:
-        names = set(specs) | {_name_hint(Path(f)) for f in problems}
+        names = set(specs) | {spec_name_hint(Path(f)) for f in problems}
         missing = [n for n in only if n not in names]
         if missing:
             raise SpecError([Problem(file=str(path), field="--only", message=(
                 f"no such model in the catalogue; known: {', '.join(sorted(names))}"), value=", ".join(missing))])
         specs = {n: s for n, s in specs.items() if n in only}
-        problems = {f: p for f, p in problems.items() if _name_hint(Path(f)) in only}
+        problems = {f: p for f, p in problems.items() if spec_name_hint(Path(f)) in only}
     return Catalogue(path=path, tracking=cat.tracking, specs=specs, problems=problems)
 
 
-def _name_hint(file: Path) -> str:
+def spec_name_hint(file: Path) -> str:
     """The model name of a spec file that failed validation: its `name` if readable, else its stem."""
     try:
         name = yaml.safe_load(file.read_text()).get("name")

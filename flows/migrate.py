@@ -13,7 +13,7 @@ from prefect.futures import wait
 
 from ferry.paths import work_dir
 from ferry.report import format_summary, summary_row
-from ferry.spec import load_catalogue
+from ferry.spec import load_catalogue, spec_name_hint
 from ferry.tracking import ModelRecord, Run, StageFailed, attach_run, start_catalogue_run, start_model_run
 from tasks.export import export_savedmodel
 from tasks.inspect import inspect_graph
@@ -40,7 +40,7 @@ def migrate_model(catalogue: str, model: str, parent_run_id: str) -> dict[str, A
     work = work_dir(Path(catalogue), model, fresh=True)
     run.params(spec.model_dump(mode="json"))
     run.artifact(spec.spec_file, "spec")
-    result: dict[str, Any] = {}
+    passed, error = False, None
     try:
         with record.stage("inspect"):
             inventory = inspect_graph(spec, work)
@@ -50,19 +50,19 @@ def migrate_model(catalogue: str, model: str, parent_run_id: str) -> dict[str, A
         with record.stage("restore"):
             restored = restore_weights(spec, model_info, work)
         with record.stage("verify"):
-            parity = _verify(spec, model_info, restored["weights"], run, work)
-            result["parity"] = parity
+            _verify(spec, model_info, restored["weights"], run, work)
         with record.stage("export"):
             exported = export_savedmodel(spec, model_info, restored["weights"], spec.shard_paths()[0])
             run.artifact(Path(exported["path"]), "savedmodel")
-        record.finish(ok=True)
+        passed = True
         return summary_row(model, "passed", None, record.durations, work, exported["path"])
     except StageFailed as exc:
-        record.finish(ok=False, error=str(exc))
+        error = str(exc)
         exc.row = summary_row(model, "failed", exc.stage, record.durations, work, None, exc.cause)
         raise
     finally:
         _log_stage_files(run, work)
+        record.finish(ok=passed, error=error)
 
 
 def _verify(spec, model_info: dict[str, Any], weights: str, run: Run, work: Path) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def migrate_catalogue(catalogue: str = "specs/catalogue.yaml", only: list[str] |
 
 def _record_invalid_spec(parent: Run, file: str, problems) -> dict[str, Any]:
     """An invalid spec fails its model at stage `spec`; its run holds the problems."""
-    name = Path(file).stem
+    name = spec_name_hint(Path(file))
     run = start_model_run(parent, name)
     run.text("\n".join(str(p) for p in problems), "problems.txt")
     run.tags({"status": "failed", "failed_stage": "spec"})
