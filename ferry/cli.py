@@ -15,12 +15,12 @@ DEFAULT_CATALOGUE = "specs/catalogue.yaml"
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print every problem of every spec in the catalogue, with file, field and value."""
-    from ferry.model import check_layers
+    from ferry.model import check_architecture
 
     cat = load_catalogue(Path(args.catalogue))
     problems = [p for ps in cat.problems.values() for p in ps]
     for spec in cat.specs.values():
-        problems += check_layers(spec)
+        problems += check_architecture(spec)
     for problem in problems:
         print(problem)
     total = len(cat.specs) + len(cat.problems)

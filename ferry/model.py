@@ -1,18 +1,32 @@
-"""Build the Keras 3 model a spec describes; the one place that turns a spec into layers."""
+"""Build the Keras 3 model a spec describes; the one place that turns a spec into layers.
+
+Three forms: `layers` (sequential), `graph` (functional DAG of layers and `keras.ops` calls) and
+`factory` (a Python function from an allowed module). Layer config values written
+`{from_graph: SCOPE}` are facts read from the TF1 graph at reconstruct time and handed in as
+`graph_values` (layer name -> {argument: value}).
+"""
 
 from __future__ import annotations
 
+import importlib
 import re
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import keras
 
-from ferry.spec import LayerSpec, ModelSpec, Problem
+from ferry.graph_facts import graph_refs
+from ferry.spec import LayerSpec, ModelSpec, Problem, factory_allowed
+
+GraphValues = dict[str, dict[str, Any]]
+
+# Keras layers that take their inputs as one list; every other layer takes them positionally.
+MERGE_LAYERS = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot"}
 
 
 class ArchitectureError(ValueError):
-    """A layer in the spec that Keras cannot build."""
+    """A spec architecture that Keras cannot build."""
 
 
 def _snake(class_name: str) -> str:
@@ -46,40 +60,142 @@ def layer_names(layers: list[LayerSpec]) -> list[str]:
     return names
 
 
-def make_layer(layer: LayerSpec, name: str) -> keras.layers.Layer:
-    """Instantiate one Keras layer from its spec entry."""
-    cls = getattr(keras.layers, layer.class_name, None)
+def make_layer(class_name: str, config: dict[str, Any], name: str,
+               graph_values: dict[str, Any] | None = None) -> keras.layers.Layer:
+    """Instantiate one Keras layer; graph references in `config` are replaced by `graph_values`
+    (None: validation only, the references are left out)."""
+    cls = getattr(keras.layers, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
-        raise ArchitectureError(f"unknown Keras layer class {layer.class_name!r}")
+        raise ArchitectureError(f"unknown Keras layer class {class_name!r}")
+    refs = graph_refs(config)
+    if graph_values is None:  # validation: the graph is not read; Keras checks the other arguments
+        config = {k: v for k, v in config.items() if k not in refs}
+    else:
+        missing = [k for k in refs if k not in graph_values]
+        if missing:
+            raise ArchitectureError(f"layer {name!r}: no value read from the graph for {missing}")
+        config = {**config, **{k: graph_values[k] for k in refs}}
     try:
-        return cls(name=name, **layer.config)
+        return cls(name=name, **config)
     except (TypeError, ValueError) as exc:
-        raise ArchitectureError(f"{layer.class_name}({_fmt(layer.config)}): {exc}") from None
+        raise ArchitectureError(f"{class_name}({_fmt(config)}): {exc}") from None
 
 
-def check_layers(spec: ModelSpec) -> list[Problem]:
-    """Problems with the spec's layer list that only Keras can tell (unknown class, bad argument)."""
+def keras_op(name: str) -> Callable[..., Any]:
+    """A `keras.ops` function by name."""
+    fn = getattr(keras.ops, name, None)
+    if not callable(fn) or name.startswith("_"):
+        raise ArchitectureError(f"unknown keras.ops function {name!r}")
+    return fn
+
+
+def check_architecture(spec: ModelSpec) -> list[Problem]:
+    """Problems only Keras can tell: unknown layer class or op, a bad layer argument, a bad input name."""
+    arch, file = spec.architecture, str(spec.spec_file)
     problems = []
-    for i, (layer, name) in enumerate(zip(spec.architecture.layers, layer_names(spec.architecture.layers))):
-        try:
-            make_layer(layer, name)
-        except ArchitectureError as exc:
-            problems.append(Problem(file=str(spec.spec_file), field=f"architecture.layers[{i}]", message=str(exc),
-                                    value=layer.class_name))
+    if arch.layers:
+        for i, (layer, name) in enumerate(zip(arch.layers, layer_names(arch.layers))):
+            try:
+                make_layer(layer.class_name, layer.config, name)
+            except ArchitectureError as exc:
+                problems.append(Problem(file=file, field=f"architecture.layers[{i}]", message=str(exc),
+                                        value=layer.class_name))
+    if arch.graph:
+        known = set(spec.source.inputs)
+        for i, node in enumerate(arch.graph.nodes):
+            field = f"architecture.graph.nodes[{i}]"
+            missing = [n for n in node.inputs if n not in known]
+            if missing:
+                problems.append(Problem(file=file, field=f"{field}.inputs", message=(
+                    "not a spec input or an earlier node"), value=", ".join(missing)))
+            known.add(node.name)
+            try:
+                if node.class_name:
+                    make_layer(node.class_name, node.config, node.name)
+                else:
+                    keras_op(node.op)
+            except ArchitectureError as exc:
+                problems.append(Problem(file=file, field=field, message=str(exc), value=node.class_name or node.op))
     return problems
 
 
-def build_model(spec: ModelSpec, inputs: dict[str, dict[str, Any]]) -> keras.Model:
+def build_model(spec: ModelSpec, inputs: dict[str, dict[str, Any]],
+                graph_values: GraphValues | None = None) -> keras.Model:
     """Build the spec's model; `inputs` maps serving name -> {"shape": [...no batch], "dtype": str}."""
-    if len(inputs) != 1:
-        raise ArchitectureError(f"the `layers` form takes exactly one input, the spec declares {sorted(inputs)}")
-    (input_name, sig), = inputs.items()
+    graph_values = graph_values or {}
+    arch = spec.architecture
+    tensors = {name: keras.Input(shape=tuple(sig["shape"]), dtype=sig["dtype"], name=name)
+               for name, sig in inputs.items()}
+    if arch.layers:
+        return _sequential(spec, tensors, graph_values)
+    if arch.graph:
+        outputs = _functional(spec, tensors, graph_values)
+    else:
+        outputs = _factory(spec, tensors)
+    return keras.Model(list(tensors.values()) if len(tensors) > 1 else next(iter(tensors.values())),
+                       outputs, name=spec.name)
+
+
+def _sequential(spec: ModelSpec, tensors: dict[str, Any], graph_values: GraphValues) -> keras.Model:
+    if len(tensors) != 1:
+        raise ArchitectureError(f"the `layers` form takes exactly one input, the spec declares {sorted(tensors)}")
     layers = spec.architecture.layers
     model = keras.Sequential(name=spec.name)
-    model.add(keras.Input(shape=tuple(sig["shape"]), dtype=sig["dtype"], name=input_name))
+    model.add(next(iter(tensors.values())))
     for layer, name in zip(layers, layer_names(layers)):
-        model.add(make_layer(layer, name))
+        model.add(make_layer(layer.class_name, layer.config, name, graph_values.get(name, {})))
     return model
+
+
+def _functional(spec: ModelSpec, tensors: dict[str, Any], graph_values: GraphValues) -> list[Any]:
+    graph = spec.architecture.graph
+    values = dict(tensors)
+    for i, node in enumerate(graph.nodes):
+        try:
+            args = [values[n] for n in node.inputs]
+        except KeyError as exc:
+            raise ArchitectureError(f"architecture.graph.nodes[{i}] ({node.name}): input {exc} is not a spec "
+                                    "input or an earlier node") from None
+        if node.class_name:
+            layer = make_layer(node.class_name, node.config, node.name, graph_values.get(node.name, {}))
+            values[node.name] = layer(args) if node.class_name in MERGE_LAYERS else layer(*args)
+        else:
+            values[node.name] = keras_op(node.op)(*args, *node.args, **node.config)
+    return [values[graph.outputs[name]] for name in spec.source.outputs]
+
+
+def _factory(spec: ModelSpec, tensors: dict[str, Any]) -> list[Any]:
+    """Call `module:function(inputs, **kwargs)`; it returns the output tensor(s) or a keras.Model."""
+    factory = spec.architecture.factory
+    if not factory_allowed(factory.module, spec.factory_modules):
+        raise ArchitectureError(f"factory module {factory.module!r} is not under the catalogue's factory_modules "
+                                f"{list(spec.factory_modules)}")
+    fn = _import_factory(spec)
+    out = fn(tensors, **factory.kwargs)
+    if isinstance(out, keras.Model):
+        out = out(list(tensors.values()) if len(tensors) > 1 else next(iter(tensors.values())))
+    if isinstance(out, dict):
+        missing = sorted(set(spec.source.outputs) - set(out))
+        if missing:
+            raise ArchitectureError(f"factory {factory.function} returned no outputs {missing}")
+        return [out[name] for name in spec.source.outputs]
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _import_factory(spec: ModelSpec) -> Callable[..., Any]:
+    factory = spec.architecture.factory
+    module_name, fn_name = factory.function.split(":")
+    folder = str(spec.catalogue_dir) if spec.catalogue_dir else None
+    if folder and folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ArchitectureError(f"factory {factory.function}: cannot import {module_name!r}: {exc}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ArchitectureError(f"factory {factory.function}: {module_name} has no function {fn_name!r}")
+    return fn
 
 
 def weight_paths(model: keras.Model) -> dict[str, keras.Variable]:

@@ -12,9 +12,11 @@ from ferry.spec import Tolerance
 def compare(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> dict[str, Any]:
     """Compare one output; passes when every |candidate - reference| <= atol + rtol * |reference|.
 
-    `max_rel_err` is taken over elements with |reference| > atol (below that, relative error says
-    nothing and the absolute bound decides). `argmax_agreement` is reported for outputs whose last
-    axis has more than one class.
+    `max_rel_err` is elementwise, over elements with |reference| > atol (below that the absolute
+    bound decides); on elements near zero that arise by cancellation it reflects fp32 rounding of
+    the original model as much as the conversion. `norm_rel_err` is normwise:
+    max|candidate - reference| / max|reference|. `argmax_agreement` is reported for outputs whose
+    last axis has more than one class.
     """
     if candidate.shape != reference.shape:
         return {"passed": False, "error": f"shape {list(candidate.shape)} != TF1 shape {list(reference.shape)}"}
@@ -29,6 +31,7 @@ def compare(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> dic
         "max_abs_err": float(diff.max()) if diff.size else 0.0,
         "mean_abs_err": float(diff.mean()) if diff.size else 0.0,
         "max_rel_err": float((diff[big] / np.abs(ref[big])).max()) if big.any() else 0.0,
+        "norm_rel_err": float(diff.max() / scale) if (scale := float(np.nanmax(np.abs(ref), initial=0))) else 0.0,
         "atol": tol.atol,
         "rtol": tol.rtol,
         "elements": int(diff.size),

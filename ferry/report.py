@@ -6,21 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("model", "status", "failed_stage", "coverage", "worst_abs_err", "seconds", "export", "error")
-
-
 def summary_row(model: str, status: str, failed_stage: str | None, durations: dict[str, float],
                 work: Path | None, export: str | None, error: object = None) -> dict[str, Any]:
     """One model's row, reading coverage and worst error from the files its stages wrote."""
-    coverage = worst = None
+    coverage = worst = worst_rel = None
     if work and (work / "mapping.json").exists():
         coverage = json.loads((work / "mapping.json").read_text())["coverage"]["model_weights"]
     if work and (work / "parity.json").exists():
-        errs = [o["max_abs_err"] for shard in json.loads((work / "parity.json").read_text())["shards"]
-                for o in shard["outputs"].values() if "max_abs_err" in o]
-        worst = max(errs) if errs else None
+        outputs = [o for shard in json.loads((work / "parity.json").read_text())["shards"]
+                   for o in shard["outputs"].values() if "max_abs_err" in o]
+        worst = max((o["max_abs_err"] for o in outputs), default=None)
+        worst_rel = max((o["norm_rel_err"] for o in outputs), default=None)
     return {"model": model, "status": status, "failed_stage": failed_stage or "", "coverage": coverage,
-            "worst_abs_err": worst, "seconds": round(sum(durations.values()), 2), "export": export or "",
+            "worst_abs_err": worst, "worst_rel_err": worst_rel, "seconds": round(sum(durations.values()), 2), "export": export or "",
             "error": "" if error is None else str(error)[:300]}
 
 
@@ -32,11 +30,11 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
             return "-"
         if key == "coverage":
             return f"{value:.0%}"
-        if key == "worst_abs_err":
+        if key in ("worst_abs_err", "worst_rel_err"):
             return f"{value:.2e}"
         return str(value)
 
-    keys = ["model", "status", "failed_stage", "coverage", "worst_abs_err", "seconds"]
+    keys = ["model", "status", "failed_stage", "coverage", "worst_abs_err", "worst_rel_err", "seconds"]
     widths = {k: max(len(k), *(len(cell(r, k)) for r in rows)) if rows else len(k) for k in keys}
     lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
     for row in rows:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -78,37 +78,146 @@ class LayerSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-class Architecture(_Strict):
-    """How to build the Keras model. Only the sequential `layers` form exists so far."""
+class GraphNode(BaseModel):
+    """One node of a functional graph: a Keras layer (`class`) or a `keras.ops` call (`op`)."""
 
-    layers: list[LayerSpec] = Field(min_length=1)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    class_name: str | None = Field(None, alias="class")
+    op: str | None = None
+    inputs: list[str] = Field(min_length=1)
+    args: list[Any] = Field(default_factory=list, description="extra positional arguments of an `op` call")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "GraphNode":
+        if (self.class_name is None) == (self.op is None):
+            raise ValueError(f"node {self.name!r} needs exactly one of `class` (a Keras layer) or `op` (keras.ops)")
+        if self.args and self.class_name:
+            raise ValueError(f"node {self.name!r}: `args` is for `op` nodes")
+        return self
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class GraphArchitecture(_Strict):
+    """A functional DAG: named nodes in order, each reading spec inputs or earlier nodes."""
+
+    nodes: list[GraphNode] = Field(min_length=1)
+    outputs: dict[str, str] = Field(min_length=1, description="serving output name -> node name")
+
+    @model_validator(mode="after")
+    def _wiring(self) -> "GraphArchitecture":
+        seen: set[str] = set()
+        for i, node in enumerate(self.nodes):
+            if node.name in seen:
+                raise ValueError(f"nodes[{i}]: duplicate node name {node.name!r}")
+            seen.add(node.name)
+        names = {n.name for n in self.nodes}
+        unknown = {o: n for o, n in self.outputs.items() if n not in names}
+        if unknown:
+            raise ValueError(f"outputs name nodes that do not exist: {unknown}")
+        return self
+
+
+class Factory(_Strict):
+    """A model written in Python: `module:function` called with the Keras inputs and `kwargs`."""
+
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def module(self) -> str:
+        return self.function.split(":")[0]
+
+
+class Architecture(_Strict):
+    """How to build the Keras model: exactly one of `layers`, `graph` or `factory`."""
+
+    layers: list[LayerSpec] | None = Field(None, min_length=1)
+    graph: GraphArchitecture | None = None
+    factory: Factory | None = None
     input_shapes: dict[str, list[int | None]] | None = Field(
         None, description="per input, shape without batch dim; default: the TF1 placeholder's"
     )
 
+    @model_validator(mode="after")
+    def _one_form(self) -> "Architecture":
+        forms = [f for f in ("layers", "graph", "factory") if getattr(self, f) is not None]
+        if len(forms) != 1:
+            raise ValueError(f"needs exactly one of `layers`, `graph` or `factory` (got {forms or 'none'})")
+        return self
+
+
+TransformSpec = str | dict[str, dict[str, Any] | None]
+
 
 class Rule(_Strict):
-    """Checkpoint keys that fully match `from` become the Keras weight `to` (regex groups allowed)."""
+    """Checkpoint keys matching `from` become the Keras weight(s) `to`, optionally through a transform.
 
-    from_: str = Field(alias="from", min_length=1)
-    to: str | None = Field(None, description="target weight path template; default: the key itself")
+    `match`: `regex` (default; full match, groups usable in `to`), `glob` (`*`, `**`, `?` become
+    groups) or `exact`. With a scope transform (`lstm`, `gru`) `from`/`to` name scopes; a list
+    `from` (concat) or a list `to` (split) needs a transform.
+    """
 
-    @field_validator("from_")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
+    from_: str | list[str] = Field(alias="from")
+    to: str | list[str] | None = Field(None, description="target weight path template; default: the key itself")
+    match: Literal["regex", "glob", "exact"] = "regex"
+    transform: TransformSpec | None = None
+
+    @property
+    def transform_name(self) -> str | None:
+        if self.transform is None:
+            return None
+        return self.transform if isinstance(self.transform, str) else next(iter(self.transform))
+
+    @property
+    def transform_params(self) -> dict[str, Any]:
+        if isinstance(self.transform, dict):
+            return dict(next(iter(self.transform.values())) or {})
+        return {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Rule":
+        from ferry.namemap import rule_pattern
+        from ferry.transforms import TRANSFORMS
+
+        for pattern in self.from_ if isinstance(self.from_, list) else [self.from_]:
+            if not pattern:
+                raise ValueError("`from` must not be empty")
+            try:
+                rule_pattern(pattern, self.match)
+            except re.error as exc:
+                raise ValueError(f"`from` {pattern!r} is not a valid regular expression: {exc}") from exc
+        if isinstance(self.transform, dict) and len(self.transform) != 1:
+            raise ValueError(f"`transform` names one transform, got {sorted(self.transform)}")
+        name = self.transform_name
+        if name is None:
+            if isinstance(self.from_, list) or isinstance(self.to, list):
+                raise ValueError("a list in `from` or `to` needs a transform (concat or split)")
+            return self
+        if name not in TRANSFORMS:
+            raise ValueError(f"unknown transform {name!r}; supported: {', '.join(sorted(TRANSFORMS))}")
+        accepted = TRANSFORMS[name].params
+        unknown = sorted(set(self.transform_params) - set(accepted))
+        if unknown:
+            raise ValueError(f"transform {name!r} takes no parameter {unknown}; it takes: "
+                             f"{', '.join(accepted) or 'none'}")
+        if TRANSFORMS[name].sources is not None and (isinstance(self.from_, list) or isinstance(self.to, list)):
+            raise ValueError(f"transform {name!r} maps a scope: `from` and `to` are single scope names")
+        return self
 
 
 class NameMap(_Strict):
-    """Ordered rename rules, skip patterns (or presets) and strict coverage."""
+    """Ordered rename rules, skip patterns (or presets), dtype policy and strict coverage."""
 
     skip: list[str] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
     strict: bool = True
+    use_ema: bool = Field(False, description="restore from ExponentialMovingAverage shadows where present")
+    dtype_policy: Literal["keep", "cast"] = Field(
+        "keep", description="keep: dtypes must match; cast: convert between float types, reported")
 
     @field_validator("skip")
     @classmethod
@@ -162,12 +271,18 @@ class ModelSpec(_Strict):
     verify: Verify
     export: Export
     spec_file: Path = Field(Path("<memory>"), exclude=True)
+    factory_modules: tuple[str, ...] = Field((), exclude=True, description="from the catalogue")
+    catalogue_dir: Path | None = Field(None, exclude=True, description="where factory modules are imported from")
 
     @model_validator(mode="after")
     def _outputs_consistent(self) -> "ModelSpec":
         unknown = sorted(set(self.verify.outputs) - set(self.source.outputs))
         if unknown:
             raise ValueError(f"verify.outputs names {unknown} not in source.outputs {sorted(self.source.outputs)}")
+        graph = self.architecture.graph
+        if graph and sorted(graph.outputs) != sorted(self.source.outputs):
+            raise ValueError(f"architecture.graph.outputs {sorted(graph.outputs)} must name the same outputs as "
+                             f"source.outputs {sorted(self.source.outputs)}")
         return self
 
     def shard_paths(self) -> list[Path]:
@@ -186,6 +301,8 @@ class CatalogueFile(_Strict):
     defaults: dict[str, Any] = Field(default_factory=dict)
     models: list[str] = Field(min_length=1, description="spec file globs, relative to the catalogue")
     tracking: Tracking = Field(default_factory=Tracking)
+    factory_modules: list[str] = Field(
+        default_factory=list, description="module prefixes `architecture.factory` may import from")
 
 
 class Catalogue(BaseModel):
@@ -258,6 +375,21 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
+def factory_allowed(module: str, prefixes: tuple[str, ...] | list[str]) -> bool:
+    """Whether `module` is one of the allowed modules or lies under one (package prefix)."""
+    return any(module == p or module.startswith(p.rstrip(".") + ".") for p in prefixes)
+
+
+def _check_factory(spec: ModelSpec, file: Path) -> list[Problem]:
+    factory = spec.architecture.factory
+    if factory is None or factory_allowed(factory.module, spec.factory_modules):
+        return []
+    allowed = ", ".join(spec.factory_modules) or "none (set `factory_modules` in the catalogue)"
+    return [Problem(file=str(file), field="architecture.factory.function",
+                    message=f"module {factory.module!r} is not under the catalogue's factory_modules: {allowed}",
+                    value=factory.function)]
+
+
 def _check_files(spec: ModelSpec, file: Path) -> list[Problem]:
     """Problems with files a spec points at: missing graph, checkpoint or shards."""
     problems = []
@@ -275,16 +407,18 @@ def _check_files(spec: ModelSpec, file: Path) -> list[Problem]:
     return problems
 
 
-def load_spec(path: Path, defaults: dict[str, Any] | None = None, check_files: bool = True) -> ModelSpec:
+def load_spec(path: Path, defaults: dict[str, Any] | None = None, check_files: bool = True,
+              factory_modules: tuple[str, ...] = (), catalogue_dir: Path | None = None) -> ModelSpec:
     """Load and validate one spec file (with catalogue defaults merged in); raise SpecError."""
     path = Path(path)
     raw = _read_yaml(path)
     data = _resolve_paths(deep_merge(defaults or {}, raw), path.parent)
     try:
-        spec = ModelSpec.model_validate({**data, "spec_file": path})
+        spec = ModelSpec.model_validate({**data, "spec_file": path, "factory_modules": tuple(factory_modules),
+                                         "catalogue_dir": catalogue_dir or path.parent})
     except ValidationError as exc:
         raise SpecError(_problems_from(exc, path)) from None
-    problems = _check_files(spec, path) if check_files else []
+    problems = _check_factory(spec, path) + (_check_files(spec, path) if check_files else [])
     if problems:
         raise SpecError(problems)
     return spec
@@ -314,7 +448,8 @@ def load_catalogue(path: Path, only: list[str] | None = None, check_files: bool 
     problems: dict[str, list[Problem]] = {}
     for file in files:
         try:
-            spec = load_spec(file, cat.defaults, check_files=check_files)
+            spec = load_spec(file, cat.defaults, check_files=check_files, factory_modules=tuple(cat.factory_modules),
+                             catalogue_dir=path.parent)
         except SpecError as exc:
             problems[str(file)] = exc.problems
             continue

@@ -86,7 +86,7 @@ def _verify(spec, model_info: dict[str, Any], weights: str, run: Run, work: Path
     return judge(records, errors, work / "parity.json")
 
 
-_PARITY_METRICS = ("max_abs_err", "mean_abs_err", "max_rel_err", "argmax_agreement")
+_PARITY_METRICS = ("max_abs_err", "mean_abs_err", "max_rel_err", "norm_rel_err", "argmax_agreement")
 
 
 def _log_stage_files(run: Run, work: Path) -> None:

@@ -9,7 +9,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ferry.model import build_model, weight_paths
+from ferry.graph_facts import graph_refs, resolve
+from ferry.inventory import load_graph
+from ferry.model import build_model, layer_names, weight_paths
 from ferry.spec import ModelSpec
 
 
@@ -28,11 +30,29 @@ def input_signature(spec: ModelSpec, inventory: dict[str, Any]) -> dict[str, dic
     return signature
 
 
+def graph_values(spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """Layer name -> the arguments its spec reads from the TF1 graph (`{from_graph: SCOPE}`), resolved."""
+    arch = spec.architecture
+    if arch.layers:
+        named = [(f"architecture.layers[{i}]", name, layer.config)
+                 for i, (layer, name) in enumerate(zip(arch.layers, layer_names(arch.layers)))]
+    elif arch.graph:
+        named = [(f"architecture.graph.nodes[{i}]", n.name, n.config) for i, n in enumerate(arch.graph.nodes)]
+    else:
+        named = []
+    named = [item for item in named if graph_refs(item[2])]
+    if not named:
+        return {}
+    graph = load_graph(spec.source.meta)
+    return {name: resolve(graph, config, f"{spec.spec_file}: {where}") for where, name, config in named}
+
+
 @task(name="reconstruct", cache_policy=NO_CACHE)
 def reconstruct(spec: ModelSpec, inventory_path: Path) -> dict[str, Any]:
-    """Build the model once to check it; return its input signature and weight shapes."""
+    """Build the model once to check it; return its input signature, graph values and weight shapes."""
     inventory = json.loads(Path(inventory_path).read_text())
     inputs = input_signature(spec, inventory)
-    model = build_model(spec, inputs)
-    weights = {path: list(w.shape) for path, w in weight_paths(model).items()}
-    return {"inputs": inputs, "weights": weights, "params": int(model.count_params())}
+    values = graph_values(spec)
+    model = build_model(spec, inputs, values)
+    weights = {path: {"shape": list(w.shape), "dtype": w.dtype} for path, w in weight_paths(model).items()}
+    return {"inputs": inputs, "graph_values": values, "weights": weights, "params": int(model.count_params())}

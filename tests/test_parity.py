@@ -19,6 +19,7 @@ def test_metrics_on_a_known_difference():
     assert out["max_abs_err"] == pytest.approx(4e-6, rel=1e-2)
     assert out["mean_abs_err"] == pytest.approx(1.5e-6, rel=1e-2)
     assert out["max_rel_err"] == pytest.approx(4e-6 / 0.6, rel=1e-2)
+    assert out["norm_rel_err"] == pytest.approx(4e-6 / 0.9, rel=1e-2)
     assert out["argmax_agreement"] == 1.0
 
 

@@ -76,7 +76,8 @@ def test_every_problem_is_reported_at_once(fake_model):
     text = text.replace("rules: [{from: '(.*)'}]", "rules: [{from: '(unclosed'}]")
     problems = problems_of(write(fake_model, "demo.yaml", text))
     fields = sorted(p.split(": ")[1] for p in problems)
-    assert fields == ["architecture.layers", "name_map.rules[0].from", "source.inputs"]
+    assert fields == ["architecture", "name_map.rules[0]", "source.inputs"]
+    assert any("architecture: needs exactly one of `layers`, `graph` or `factory` (got none)" in p for p in problems)
     assert any("must look like 'op_name:0'" in p for p in problems)
 
 
@@ -94,7 +95,7 @@ def test_missing_files_are_reported_with_their_paths(tmp_path):
 def test_unknown_skip_entry_that_is_no_regex(fake_model):
     path = write(fake_model, "demo.yaml", GOOD.replace("rules:", "skip: ['[oops']\n  rules:"))
     [problem] = problems_of(path)
-    assert "name_map.skip" in problem and "neither a preset (optimizer)" in problem
+    assert "name_map.skip" in problem and "neither a preset (optimizer, ema)" in problem
 
 
 def test_per_output_tolerance_must_name_an_output(fake_model):

@@ -113,7 +113,7 @@ def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_
     assert "mlp.yaml: name_map:" in message
     assert "6 of 6 model weights unassigned (model-weight coverage 0%)" in message
     assert "the name map has no rules: add e.g. `rules: [{from: '(.*)'}]`" in message
-    assert "dense/kernel [784, 64] (no checkpoint key mapped here; unused keys of this shape: dense/kernel)" in message
+    assert "suggested rules (shape-compatible unused keys, in graph order):\n  - {from: 'dense/kernel', to: 'dense/kernel'}" in message
     assert not (tmp_path / "restored.weights.h5").exists()  # nothing half-restored to hand on
 
 

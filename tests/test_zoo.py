@@ -14,10 +14,26 @@ import pytest
 import tensorflow as tf
 
 BUILD = Path(__file__).resolve().parents[1] / "zoo" / "build.py"
-MODELS = ("linear", "mlp", "mnist_cnn")
-TRAIN_STEPS = {"linear": 20, "mlp": 10, "mnist_cnn": 5}
+MODELS = ("linear", "mlp", "mnist_cnn", "resnet_bn", "text_lstm", "gru_seq", "transformer")
+NEW_MODELS = ("resnet_bn", "text_lstm", "gru_seq", "transformer")
+TRAIN_STEPS = {name: 5 for name in MODELS} | {"linear": 20, "mlp": 10}
+MOMENTUM = ("linear", "gru_seq")  # the others train with Adam
 
-# Checkpoint weights (optimizer state excluded) and their shapes.
+
+def _bn(scope: str, channels: int, scale: bool = True) -> dict[str, list[int]]:
+    keys = ["beta", "moving_mean", "moving_variance", *(["gamma"] if scale else [])]
+    return {f"{scope}/{k}": [channels] for k in keys}
+
+
+def _dense(scope: str, n_in: int, n_out: int) -> dict[str, list[int]]:
+    return {f"{scope}/kernel": [n_in, n_out], f"{scope}/bias": [n_out]}
+
+
+def _layer_norm(scope: str) -> dict[str, list[int]]:
+    return {f"{scope}/gamma": [32], f"{scope}/beta": [32]}
+
+
+# Checkpoint weights (optimizer state excluded) and their shapes; all of them float32.
 WEIGHTS = {
     "linear": {"dense/kernel": [1, 1], "dense/bias": [1]},
     "mlp": {
@@ -30,9 +46,61 @@ WEIGHTS = {
         "conv2d_1/kernel": [3, 3, 32, 64], "conv2d_1/bias": [64],
         "dense/kernel": [1600, 10], "dense/bias": [10],
     },
+    "resnet_bn": {
+        "stem/conv/kernel": [3, 3, 3, 16], **_bn("stem/bn", 16),
+        "block1/conv1/kernel": [3, 3, 16, 16], **_bn("block1/bn1", 16),
+        "block1/conv2/kernel": [3, 3, 16, 16], **_bn("block1/bn2", 16),
+        "block2/conv1/kernel": [3, 3, 16, 32], **_bn("block2/bn1", 32),
+        "block2/conv2/kernel": [3, 3, 32, 32], **_bn("block2/bn2", 32, scale=False),
+        "block2/shortcut/kernel": [1, 1, 16, 32], "block2/shortcut/bias": [32],
+        **_dense("logits", 32, 10),
+    },
+    "text_lstm": {
+        "embedding": [100, 16],
+        "rnn/lstm_cell/kernel": [16 + 32, 4 * 32], "rnn/lstm_cell/bias": [4 * 32],
+        **_dense("logits", 32, 2),
+    },
+    "gru_seq": {
+        "rnn/gru_cell/gates/kernel": [8 + 16, 2 * 16], "rnn/gru_cell/gates/bias": [2 * 16],
+        "rnn/gru_cell/candidate/kernel": [8 + 16, 16], "rnn/gru_cell/candidate/bias": [16],
+        **_dense("head", 16, 4),
+    },
+    "transformer": {
+        "embeddings/word": [50, 32], "embeddings/position": [16, 32],
+        **_dense("encoder/layer_0/attention/query", 32, 32),
+        **_dense("encoder/layer_0/attention/key", 32, 32),
+        **_dense("encoder/layer_0/attention/value", 32, 32),
+        **_dense("encoder/layer_0/attention/output", 32, 32),
+        **_layer_norm("encoder/layer_0/attention/layer_norm"),
+        **_dense("encoder/layer_0/ffn/intermediate", 32, 64),
+        **_dense("encoder/layer_0/ffn/output", 64, 32),
+        **_layer_norm("encoder/layer_0/ffn/layer_norm"),
+        **_dense("classifier", 32, 3),
+    },
 }
-INPUTS = {"linear": {"x": (64, 1)}, "mlp": {"x": (64, 784)}, "mnist_cnn": {"images": (32, 28, 28, 1)}}
-OUTPUTS = {"linear": {"y": "y:0"}, "mlp": {"probs": "probs:0"}, "mnist_cnn": {"probs": "probs:0"}}
+# Saved but not trained by the optimizer: no slots.
+NON_TRAINABLE = {name: {k for k in w if "/moving_" in k} for name, w in WEIGHTS.items()}
+# Shard arrays: placeholder name -> (shape, dtype).
+INPUTS = {
+    "linear": {"x": ((64, 1), np.float32)},
+    "mlp": {"x": ((64, 784), np.float32)},
+    "mnist_cnn": {"images": ((32, 28, 28, 1), np.float32)},
+    "resnet_bn": {"images": ((32, 32, 32, 3), np.uint8)},
+    "text_lstm": {"tokens": ((32, 20), np.int32)},
+    "gru_seq": {"features": ((32, 12, 8), np.float32)},
+    "transformer": {"tokens": ((32, 16), np.int32)},
+}
+TOKEN_RANGE = {"text_lstm": 100, "transformer": 50}
+OUTPUTS = {
+    "linear": {"y": "y:0"}, "mlp": {"probs": "probs:0"}, "mnist_cnn": {"probs": "probs:0"},
+    "resnet_bn": {"probs": "probs:0"}, "text_lstm": {"probs": "probs:0"},
+    "gru_seq": {"scores": "scores:0"}, "transformer": {"probs": "probs:0"},
+}
+OUTPUT_SHAPES = {  # on one shard
+    "linear": (64, 1), "mlp": (64, 10), "mnist_cnn": (32, 10), "resnet_bn": (32, 10),
+    "text_lstm": (32, 2), "gru_seq": (32, 12, 4), "transformer": (32, 3),
+}
+BN_SCOPES = ("stem/bn", "block1/bn1", "block1/bn2", "block2/bn1", "block2/bn2")
 
 
 def run_build(*args: str) -> subprocess.CompletedProcess:
@@ -45,13 +113,21 @@ def run_build(*args: str) -> subprocess.CompletedProcess:
 def expected_keys(name: str) -> dict[str, list[int]]:
     """Every checkpoint key with its shape: weights, optimizer slots, global_step."""
     keys = dict(WEIGHTS[name], global_step=[])
-    if name == "linear":
-        keys.update({f"{k}/Momentum": s for k, s in WEIGHTS[name].items()})
+    trainable = {k: s for k, s in WEIGHTS[name].items() if k not in NON_TRAINABLE[name]}
+    if name in MOMENTUM:
+        keys.update({f"{k}/Momentum": s for k, s in trainable.items()})
     else:
-        for k, s in WEIGHTS[name].items():
+        for k, s in trainable.items():
             keys.update({f"{k}/Adam": s, f"{k}/Adam_1": s})
         keys.update(beta1_power=[], beta2_power=[])
     return keys
+
+
+def import_graph(folder: Path) -> tf.Graph:
+    """The model's meta graph, imported into a fresh graph."""
+    with tf.Graph().as_default() as graph:
+        tf.compat.v1.train.import_meta_graph(str(folder / "model.ckpt.meta"))
+    return graph
 
 
 def file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
@@ -108,16 +184,25 @@ def test_meta_graph_is_tf1_era(zoo: Path, name: str):
             assert graph.get_operation_by_name(f"{weight}/read").type == "Identity"
         for tensor in [*manifest["inputs"].values(), *manifest["outputs"].values()]:
             graph.get_tensor_by_name(tensor)
-        for key, shape in INPUTS[name].items():
+        for key, (shape, dtype) in INPUTS[name].items():
             placeholder = graph.get_operation_by_name(key)
             assert placeholder.type == "Placeholder"
             assert placeholder.outputs[0].shape.as_list() == [None, *shape[1:]]
+            assert placeholder.outputs[0].dtype.as_numpy_dtype == dtype
+        if name in ("text_lstm", "gru_seq"):  # dynamic_rnn as v1 control flow, not functional While
+            assert ops["Enter"] and ops["Exit"] and ops["NextIteration"] and ops["TensorArrayV3"]
+            assert ops["While"] == ops["StatelessWhile"] == 0
+        if name == "resnet_bn":  # tf.layers BN on a tensor `training`: v1 cond (Switch/Merge)
+            assert ops["Switch"] and ops["Merge"] and ops["If"] == ops["StatelessIf"] == 0
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_checkpoint_keys_and_optimizer_state(zoo: Path, name: str):
     reader = tf.train.load_checkpoint(str(zoo / name / "model.ckpt"))
     assert reader.get_variable_to_shape_map() == expected_keys(name)
+    assert reader.get_variable_to_dtype_map() == {
+        k: tf.int64 if k == "global_step" else tf.float32 for k in expected_keys(name)
+    }
     assert reader.get_tensor("global_step") == TRAIN_STEPS[name]
 
 
@@ -126,8 +211,10 @@ def test_shards(zoo: Path, name: str):
     for i in range(4):
         with np.load(zoo / name / "shards" / f"shard-{i:03d}.npz") as shard:
             assert set(shard.files) == set(INPUTS[name])
-            for key, shape in INPUTS[name].items():
-                assert shard[key].shape == shape and shard[key].dtype == np.float32
+            for key, (shape, dtype) in INPUTS[name].items():
+                assert shard[key].shape == shape and shard[key].dtype == dtype
+                if name in TOKEN_RANGE:
+                    assert 0 <= shard[key].min() and shard[key].max() < TOKEN_RANGE[name]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -142,12 +229,81 @@ def test_graph_runs_from_checkpoint(zoo: Path, name: str):
         saver = tf.compat.v1.train.import_meta_graph(str(folder / "model.ckpt.meta"))
         saver.restore(sess, str(folder / "model.ckpt"))
         (out,) = sess.run(list(manifest["outputs"].values()), feed_dict=feeds)
-    rows = next(iter(INPUTS[name].values()))[0]
-    if name == "linear":
-        assert out.shape == (rows, 1)
-    else:
-        assert out.shape == (rows, 10)
+    assert out.shape == OUTPUT_SHAPES[name] and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    if "probs" in manifest["outputs"]:
         np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_resnet_bn_batch_norm(zoo: Path):
+    """Moving statistics were trained; block2/bn2 has no gamma; epsilon 1e-5 on every BN op."""
+    folder = zoo / "resnet_bn"
+    reader = tf.train.load_checkpoint(str(folder / "model.ckpt"))
+    keys = reader.get_variable_to_shape_map()
+    assert "block2/bn2/gamma" not in keys and "block2/bn2/beta" in keys
+    for scope in BN_SCOPES:
+        assert np.abs(reader.get_tensor(f"{scope}/moving_mean")).max() > 1e-3, scope
+        assert np.abs(reader.get_tensor(f"{scope}/moving_variance") - 1.0).max() > 1e-3, scope
+        assert f"{scope}/moving_mean/Adam" not in keys  # moving statistics are not trained
+    graph = import_graph(folder)
+    switch = graph.get_operation_by_name("is_training")
+    assert switch.type == "PlaceholderWithDefault" and switch.outputs[0].dtype == tf.bool
+    bn_ops = [op for op in graph.get_operations()
+              if op.type.startswith("FusedBatchNorm") and not op.name.startswith("gradients/")]
+    # One training-mode and one inference-mode op per BN layer, in the two branches of a v1 cond.
+    assert sorted(op.name for op in bn_ops) == sorted(
+        f"{scope}/cond/FusedBatchNormV3{suffix}" for scope in BN_SCOPES for suffix in ("", "_1")
+    )
+    for op in bn_ops:
+        assert op.type == "FusedBatchNormV3"
+        assert op.get_attr("epsilon") == pytest.approx(1e-5)
+        assert op.get_attr("is_training") == (not op.name.endswith("_1"))
+
+
+def test_resnet_bn_is_training_switch_changes_outputs(zoo: Path):
+    """Batch statistics (is_training=True) and moving statistics (default) give other outputs."""
+    folder = zoo / "resnet_bn"
+    with np.load(folder / "shards" / "shard-000.npz") as shard:
+        images = shard["images"]
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        saver = tf.compat.v1.train.import_meta_graph(str(folder / "model.ckpt.meta"))
+        saver.restore(sess, str(folder / "model.ckpt"))
+        default = sess.run("probs:0", {"images:0": images})
+        inference = sess.run("probs:0", {"images:0": images, "is_training:0": False})
+        training = sess.run("probs:0", {"images:0": images, "is_training:0": True})
+    np.testing.assert_array_equal(default, inference)
+    assert np.abs(training - inference).max() > 1e-6
+
+
+def test_text_lstm_forget_bias_is_a_run_time_constant(zoo: Path):
+    """TF1 LSTMCell adds forget_bias=1.0 inside the while loop: Const rnn/while/lstm_cell/add/y."""
+    graph = import_graph(zoo / "text_lstm")
+    const = graph.get_operation_by_name("rnn/while/lstm_cell/add/y")
+    assert const.type == "Const"
+    assert tf.make_ndarray(const.get_attr("value")) == np.float32(1.0)
+    (add,) = const.outputs[0].consumers()
+    assert add.name == "rnn/while/lstm_cell/add" and add.type in ("Add", "AddV2")
+    # f is the third of the four gate slices (i, j, f, o) of the split BiasAdd.
+    split = add.inputs[0]
+    assert split.op.type == "Split" and split.value_index == 2
+
+
+def test_new_models_rebuild_deterministically(zoo: Path, tmp_path):
+    """Fixed seeds: the new models' checkpoints and shards repeat bit for bit."""
+    result = run_build("--out", str(tmp_path), "--only", *NEW_MODELS)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for name in NEW_MODELS:
+        fresh = ckpt_values(tmp_path / name / "model.ckpt")
+        first = ckpt_values(zoo / name / "model.ckpt")
+        assert fresh.keys() == first.keys()
+        for key in first:
+            np.testing.assert_array_equal(fresh[key], first[key], err_msg=f"{name}: {key}")
+        for i in range(4):
+            shard = f"shards/shard-{i:03d}.npz"
+            with np.load(tmp_path / name / shard) as a, np.load(zoo / name / shard) as b:
+                for key in b.files:
+                    np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_second_run_leaves_files_untouched(zoo: Path):

@@ -5,7 +5,8 @@ Each model gets its own folder under ``--out`` (default: this folder)::
     <name>/model.ckpt.meta                     meta graph (reference variables, VariableV2)
     <name>/model.ckpt.index                    name-based checkpoint, optimizer state included
     <name>/model.ckpt.data-00000-of-00001
-    <name>/shards/shard-000.npz ... 003.npz    float32 inputs, keyed by placeholder name
+    <name>/shards/shard-000.npz ... 003.npz    inputs keyed by placeholder name (float32,
+                                               uint8 images, int32 tokens)
     <name>/manifest.json                       inputs, outputs, tf_version (written last)
 
 Usage: ``python zoo/build.py [--out DIR] [--only NAME ...] [--force]``.
@@ -40,6 +41,8 @@ import tensorflow as tf  # noqa: E402
 # The deprecation notices of tf.compat.v1 are expected here; keep the progress lines readable.
 tf.get_logger().setLevel("ERROR")
 warnings.filterwarnings("ignore", message=r"`tf\.layers\.\w+` is deprecated", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"`tf\.nn\.rnn_cell\.\w+` is deprecated",
+                        category=UserWarning)
 
 # TF1-era graphs: reference variables (VariableV2 + .../read) and v1 control flow.
 tf.compat.v1.disable_v2_behavior()
@@ -142,10 +145,201 @@ def build_mnist_cnn(rng: np.random.RandomState) -> Built:
     )
 
 
+def _conv_bn(h, filters: int, is_training, *, strides: int = 1, scale: bool = True,
+             conv: str = "conv", bn: str = "bn"):
+    """conv (no bias, 'same') -> batch norm in the current variable scope; no activation."""
+    h = v1.layers.conv2d(h, filters, 3, strides=strides, padding="same", use_bias=False, name=conv)
+    return v1.layers.batch_normalization(
+        h, training=is_training, momentum=0.9, epsilon=1e-5, scale=scale, name=bn
+    )
+
+
+def build_resnet_bn(rng: np.random.RandomState) -> Built:
+    """Small ResNet on uint8 images: BN stem, identity block, downsampling block; Adam, 5 steps.
+
+    ``is_training`` is a placeholder_with_default(False) switch; training feeds True, and the
+    train op runs the UPDATE_OPS so moving mean/variance move away from their initial values.
+    ``block2/bn2`` has ``scale=False`` (no gamma); its shortcut is a 1x1 stride-2 conv with bias.
+    """
+    images = v1.placeholder(tf.uint8, [None, 32, 32, 3], name="images")
+    labels = v1.placeholder(tf.int64, [None], name="labels")
+    is_training = v1.placeholder_with_default(False, [], name="is_training")
+    x = tf.cast(images, tf.float32) / 255.0
+    with v1.variable_scope("stem"):
+        h = tf.nn.relu(_conv_bn(x, 16, is_training))
+    with v1.variable_scope("block1"):  # identity block
+        r = tf.nn.relu(_conv_bn(h, 16, is_training, conv="conv1", bn="bn1"))
+        r = _conv_bn(r, 16, is_training, conv="conv2", bn="bn2")
+        h = tf.nn.relu(h + r)
+    with v1.variable_scope("block2"):  # downsampling block
+        r = tf.nn.relu(_conv_bn(h, 32, is_training, strides=2, conv="conv1", bn="bn1"))
+        r = _conv_bn(r, 32, is_training, scale=False, conv="conv2", bn="bn2")
+        shortcut = v1.layers.conv2d(h, 32, 1, strides=2, padding="same", name="shortcut")
+        h = tf.nn.relu(shortcut + r)
+    h = tf.reduce_mean(h, axis=[1, 2])
+    logits = v1.layers.dense(h, 10, name="logits")
+    probs = tf.nn.softmax(logits, name="probs")
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+        train_op = v1.train.AdamOptimizer(1e-3).minimize(
+            loss, global_step=v1.train.get_or_create_global_step()
+        )
+    feeds = [
+        {
+            images: rng.randint(0, 256, size=(16, 32, 32, 3)).astype(np.uint8),
+            labels: rng.randint(0, 10, size=16),
+            is_training: True,
+        }
+        for _ in range(5)
+    ]
+    return Built(
+        inputs={"images": images},
+        outputs={"probs": probs},
+        train_op=train_op,
+        train_feeds=feeds,
+        shard=lambda r: {"images": r.randint(0, 256, size=(32, 32, 32, 3)).astype(np.uint8)},
+    )
+
+
+def build_text_lstm(rng: np.random.RandomState) -> Built:
+    """Embedding -> TF1 LSTMCell(32, forget_bias=1.0) via dynamic_rnn -> last step -> dense 2.
+
+    TF1 LSTMCell: one ``rnn/lstm_cell/kernel`` [16 + 32, 128], gate order i, j, f, o, and the
+    forget bias added at run time inside the while loop. Adam, 5 steps.
+    """
+    tokens = v1.placeholder(tf.int32, [None, 20], name="tokens")
+    labels = v1.placeholder(tf.int64, [None], name="labels")
+    embedding = v1.get_variable("embedding", [100, 16])
+    emb = tf.nn.embedding_lookup(embedding, tokens)
+    cell = v1.nn.rnn_cell.LSTMCell(32, forget_bias=1.0)
+    outputs, _ = v1.nn.dynamic_rnn(cell, emb, dtype=tf.float32)
+    logits = v1.layers.dense(outputs[:, -1, :], 2, name="logits")
+    probs = tf.nn.softmax(logits, name="probs")
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    train_op = v1.train.AdamOptimizer(1e-2).minimize(
+        loss, global_step=v1.train.get_or_create_global_step()
+    )
+    feeds = [
+        {tokens: rng.randint(0, 100, size=(16, 20)).astype(np.int32),
+         labels: rng.randint(0, 2, size=16)}
+        for _ in range(5)
+    ]
+    return Built(
+        inputs={"tokens": tokens},
+        outputs={"probs": probs},
+        train_op=train_op,
+        train_feeds=feeds,
+        shard=lambda r: {"tokens": r.randint(0, 100, size=(32, 20)).astype(np.int32)},
+    )
+
+
+def build_gru_seq(rng: np.random.RandomState) -> Built:
+    """TF1 GRUCell(16) via dynamic_rnn, dense 4 on every time step; Momentum on MSE, 5 steps.
+
+    Keys ``rnn/gru_cell/gates/{kernel,bias}`` (r, u) and ``rnn/gru_cell/candidate/{kernel,bias}``;
+    the head is ``tf.layers.dense`` on the 3-D outputs (a tensordot), keys ``head/{kernel,bias}``.
+    """
+    features = v1.placeholder(tf.float32, [None, 12, 8], name="features")
+    targets = v1.placeholder(tf.float32, [None, 12, 4], name="targets")
+    cell = v1.nn.rnn_cell.GRUCell(16)
+    outputs, _ = v1.nn.dynamic_rnn(cell, features, dtype=tf.float32)
+    scores = tf.identity(v1.layers.dense(outputs, 4, name="head"), name="scores")
+    loss = v1.losses.mean_squared_error(targets, scores)
+    train_op = v1.train.MomentumOptimizer(0.05, 0.9).minimize(
+        loss, global_step=v1.train.get_or_create_global_step()
+    )
+    feeds = [
+        {features: rng.normal(size=(16, 12, 8)).astype(np.float32),
+         targets: rng.normal(size=(16, 12, 4)).astype(np.float32)}
+        for _ in range(5)
+    ]
+    return Built(
+        inputs={"features": features},
+        outputs={"scores": scores},
+        train_op=train_op,
+        train_feeds=feeds,
+        shard=lambda r: {"features": r.normal(size=(32, 12, 8)).astype(np.float32)},
+    )
+
+
+HIDDEN, HEADS, HEAD_SIZE, SEQ_LEN = 32, 2, 16, 16
+
+
+def _layer_norm(x: tf.Tensor) -> tf.Tensor:
+    """Layer norm written by hand in the current variable scope: gamma, beta, epsilon 1e-6."""
+    gamma = v1.get_variable("gamma", [HIDDEN], initializer=v1.ones_initializer())
+    beta = v1.get_variable("beta", [HIDDEN], initializer=v1.zeros_initializer())
+    mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return gamma * (x - mean) * tf.math.rsqrt(var + 1e-6) + beta
+
+
+def _gelu_tanh(x: tf.Tensor) -> tf.Tensor:
+    """GELU, tanh approximation as in the original BERT code."""
+    return 0.5 * x * (1.0 + tf.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * tf.pow(x, 3))))
+
+
+def build_transformer(rng: np.random.RandomState) -> Built:
+    """One hand-written transformer encoder layer (2 heads, post-LN, GELU FFN); Adam, 5 steps.
+
+    Word + position embeddings; ``encoder/layer_0/attention/{query,key,value,output}``,
+    ``attention/layer_norm/{gamma,beta}``, ``ffn/{intermediate,output}``, ``ffn/layer_norm``;
+    mean over time, ``classifier`` dense 3, softmax. GELU is the tanh approximation.
+    """
+    tokens = v1.placeholder(tf.int32, [None, SEQ_LEN], name="tokens")
+    labels = v1.placeholder(tf.int64, [None], name="labels")
+    with v1.variable_scope("embeddings"):
+        word = v1.get_variable("word", [50, HIDDEN])
+        position = v1.get_variable("position", [SEQ_LEN, HIDDEN])
+    x = tf.nn.embedding_lookup(word, tokens) + position
+
+    def split_heads(t: tf.Tensor) -> tf.Tensor:  # [B, T, H*D] -> [B, H, T, D]
+        return tf.transpose(tf.reshape(t, [-1, SEQ_LEN, HEADS, HEAD_SIZE]), [0, 2, 1, 3])
+
+    with v1.variable_scope("encoder/layer_0"):
+        with v1.variable_scope("attention"):
+            q = split_heads(v1.layers.dense(x, HIDDEN, name="query"))
+            k = split_heads(v1.layers.dense(x, HIDDEN, name="key"))
+            v = split_heads(v1.layers.dense(x, HIDDEN, name="value"))
+            scores = tf.matmul(q, k, transpose_b=True) * (1.0 / np.sqrt(HEAD_SIZE))
+            context = tf.matmul(tf.nn.softmax(scores), v)  # [B, H, T, D]
+            context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, SEQ_LEN, HIDDEN])
+            attn = v1.layers.dense(context, HIDDEN, name="output")
+            with v1.variable_scope("layer_norm"):
+                x = _layer_norm(x + attn)
+        with v1.variable_scope("ffn"):
+            h = _gelu_tanh(v1.layers.dense(x, 64, name="intermediate"))
+            h = v1.layers.dense(h, HIDDEN, name="output")
+            with v1.variable_scope("layer_norm"):
+                x = _layer_norm(x + h)
+    pooled = tf.reduce_mean(x, axis=1)
+    logits = v1.layers.dense(pooled, 3, name="classifier")
+    probs = tf.nn.softmax(logits, name="probs")
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    train_op = v1.train.AdamOptimizer(1e-3).minimize(
+        loss, global_step=v1.train.get_or_create_global_step()
+    )
+    feeds = [
+        {tokens: rng.randint(0, 50, size=(16, SEQ_LEN)).astype(np.int32),
+         labels: rng.randint(0, 3, size=16)}
+        for _ in range(5)
+    ]
+    return Built(
+        inputs={"tokens": tokens},
+        outputs={"probs": probs},
+        train_op=train_op,
+        train_feeds=feeds,
+        shard=lambda r: {"tokens": r.randint(0, 50, size=(32, SEQ_LEN)).astype(np.int32)},
+    )
+
+
 MODELS: dict[str, Callable[[np.random.RandomState], Built]] = {
     "linear": build_linear,
     "mlp": build_mlp,
     "mnist_cnn": build_mnist_cnn,
+    "resnet_bn": build_resnet_bn,
+    "text_lstm": build_text_lstm,
+    "gru_seq": build_gru_seq,
+    "transformer": build_transformer,
 }
 
 
@@ -187,7 +381,7 @@ def build_one(name: str, out: Path, force: bool) -> None:
     """Build one model atomically: temp sibling folder, renamed into place when complete."""
     final = out / name
     if (final / "manifest.json").exists() and not force:
-        print(f"{name:<10} skipped (already built; --force to rebuild)", flush=True)
+        print(f"{name:<11} skipped (already built; --force to rebuild)", flush=True)
         return
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
@@ -208,7 +402,7 @@ def build_one(name: str, out: Path, force: bool) -> None:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     took = time.perf_counter() - start
-    print(f"{name:<10} {n_keys:3d} checkpoint variables, {steps:2d} steps, {took:5.1f} s", flush=True)
+    print(f"{name:<11} {n_keys:3d} checkpoint variables, {steps:2d} steps, {took:5.1f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

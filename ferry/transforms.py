@@ -1,0 +1,497 @@
+"""Weight transforms for the name-map engine: pure numpy functions, registered by name.
+
+A rule in a spec's name map may name a transform (and its parameters); the engine then feeds the
+transform the matched checkpoint arrays and the shapes of the Keras weights they must become.
+Every transform is checked numerically against the TF1 op it replaces (tests/test_transforms.py).
+
+Two helpers read, from an imported TF1 graph, the run-time constants that a checkpoint does not
+hold but a transform or a Keras layer needs: an LSTM cell's forget bias and a batch norm's epsilon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # the graph helpers take a tf.Graph; the transforms never need TensorFlow
+    import tensorflow as tf
+
+Shape = tuple[int, ...]
+Apply = Callable[[list[np.ndarray], list[Shape], dict[str, Any]], list[np.ndarray]]
+
+
+class TransformError(ValueError):
+    """A transform cannot turn these arrays into these shapes (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One registered transform: what it reads, what it writes, and the numpy function."""
+
+    name: str
+    doc: str  # one line, shown in errors and the README
+    # Scope transforms: checkpoint key suffixes under the matched TF1 scope, in order.
+    # None: the rule's own matched keys, in the rule's order.
+    sources: tuple[str, ...] | None
+    # Scope transforms: Keras weight suffixes under the rule's `to` scope.
+    # None: the rule's own targets.
+    targets: tuple[str, ...] | None
+    params: dict[str, str]  # accepted parameter name -> one-line description
+    apply: Apply  # (sources in order, target shapes in order, params) -> targets in order
+
+
+# --------------------------------------------------------------------------------------------
+# Checks and messages
+
+
+def _shapes(arrays: Iterable[np.ndarray] | Iterable[Shape]) -> str:
+    """`[3, 4], [4]` for error messages."""
+    items = [tuple(a.shape) if isinstance(a, np.ndarray) else tuple(a) for a in arrays]
+    return ", ".join(str(list(s)) for s in items) or "none"
+
+
+def _fail(name: str, sources: Sequence[np.ndarray], target_shapes: Sequence[Shape],
+          expected: str) -> TransformError:
+    """The error every check raises: transform, source shapes, target shapes, expectation."""
+    return TransformError(
+        f"transform {name!r}: sources {_shapes(sources)} -> targets {_shapes(target_shapes)}: "
+        f"expected {expected}")
+
+
+def _expect_counts(name: str, sources: Sequence[np.ndarray], target_shapes: Sequence[Shape],
+                   n_sources: int | None, n_targets: int | None) -> None:
+    """Raise unless there are `n_sources` sources and `n_targets` targets (None: any, >= 1)."""
+    ok_s = len(sources) == n_sources if n_sources is not None else len(sources) >= 1
+    ok_t = len(target_shapes) == n_targets if n_targets is not None else len(target_shapes) >= 1
+    if not (ok_s and ok_t):
+        want_s = n_sources if n_sources is not None else "one or more"
+        want_t = n_targets if n_targets is not None else "one or more"
+        raise _fail(name, sources, target_shapes, f"{want_s} source(s) and {want_t} target(s)")
+
+
+def _int_param(name: str, params: dict[str, Any], key: str, default: int) -> int:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TransformError(f"transform {name!r}: parameter {key!r} must be an integer, "
+                             f"got {value!r}")
+    return int(value)
+
+
+def _shape_param(name: str, params: dict[str, Any], key: str) -> Shape | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        raise TransformError(f"transform {name!r}: parameter {key!r} must be a list of "
+                             f"integers, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def _float_param(name: str, params: dict[str, Any], key: str, default: float) -> float:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TransformError(f"transform {name!r}: parameter {key!r} must be a number, "
+                             f"got {value!r}")
+    return float(value)
+
+
+def _axis(name: str, params: dict[str, Any], ndim: int) -> int:
+    """The `axis` parameter (default -1), normalised to 0..ndim-1."""
+    axis = _int_param(name, params, "axis", -1)
+    if not -ndim <= axis < ndim:
+        raise TransformError(f"transform {name!r}: axis {axis} is out of range for "
+                             f"{ndim}-D arrays")
+    return axis % ndim
+
+
+# --------------------------------------------------------------------------------------------
+# Generic transforms
+
+
+def _transpose(sources: list[np.ndarray], target_shapes: list[Shape],
+               params: dict[str, Any]) -> list[np.ndarray]:
+    """out = np.transpose(a, perm); perm defaults to reversing the axes (like tf.transpose)."""
+    _expect_counts("transpose", sources, target_shapes, 1, 1)
+    (a,) = sources
+    perm = _shape_param("transpose", params, "perm")
+    if perm is not None and sorted(perm) != list(range(a.ndim)):
+        raise _fail("transpose", sources, target_shapes,
+                    f"perm to be a permutation of 0..{a.ndim - 1}, got {list(perm)}")
+    return [np.ascontiguousarray(np.transpose(a, perm))]
+
+
+def _reshape(sources: list[np.ndarray], target_shapes: list[Shape],
+             params: dict[str, Any]) -> list[np.ndarray]:
+    """out = np.reshape(a, shape) in C order (like tf.reshape); shape defaults to the target's."""
+    _expect_counts("reshape", sources, target_shapes, 1, 1)
+    (a,) = sources
+    shape = _shape_param("reshape", params, "shape") or tuple(target_shapes[0])
+    known = [d for d in shape if d != -1]
+    count = int(np.prod(known, dtype=np.int64))
+    if shape.count(-1) > 1 or (-1 in shape and (count == 0 or a.size % count)) or (
+            -1 not in shape and count != a.size):
+        raise _fail("reshape", sources, target_shapes,
+                    f"the same number of elements: {a.size} cannot be reshaped to {list(shape)}")
+    return [a.reshape(shape)]
+
+
+def _split(sources: list[np.ndarray], target_shapes: list[Shape],
+           params: dict[str, Any]) -> list[np.ndarray]:
+    """out_i = a[..., o_i : o_i + n_i, ...] along `axis` (default -1); n_i from target i's shape."""
+    _expect_counts("split", sources, target_shapes, 1, None)
+    (a,) = sources
+    axis = _axis("split", params, a.ndim)
+    if any(len(t) != a.ndim for t in target_shapes):
+        raise _fail("split", sources, target_shapes, f"{a.ndim}-D targets")
+    sizes = [t[axis] for t in target_shapes]
+    if sum(sizes) != a.shape[axis]:
+        raise _fail("split", sources, target_shapes,
+                    f"target sizes along axis {axis} ({' + '.join(map(str, sizes))}) to add up "
+                    f"to the source's {a.shape[axis]}")
+    return [np.ascontiguousarray(p) for p in np.split(a, np.cumsum(sizes)[:-1], axis=axis)]
+
+
+def _concat(sources: list[np.ndarray], target_shapes: list[Shape],
+            params: dict[str, Any]) -> list[np.ndarray]:
+    """out = np.concatenate(sources, axis) (like tf.concat); axis defaults to -1."""
+    _expect_counts("concat", sources, target_shapes, None, 1)
+    ndim = sources[0].ndim
+    axis = _axis("concat", params, ndim)
+    rest = {tuple(np.delete(s.shape, axis)) for s in sources}
+    if any(s.ndim != ndim for s in sources) or len(rest) != 1:
+        raise _fail("concat", sources, target_shapes,
+                    f"sources whose shapes differ only along axis {axis}")
+    return [np.concatenate(sources, axis=axis)]
+
+
+def _conv_to_dense(sources: list[np.ndarray], target_shapes: list[Shape],
+                   params: dict[str, Any]) -> list[np.ndarray]:
+    """Conv kernel [kh, kw, in, out] -> Dense kernel [kh*kw*in, out] (row = (h*kw + w)*in + c).
+
+    A VALID conv whose kernel covers the whole NHWC map computes
+    y[o] = sum_{h,w,c} x[h,w,c] K[h,w,c,o], and Keras `Flatten` of NHWC data orders x as (h, w, c),
+    so the Dense kernel is the C-order reshape. A 1x1 conv kernel becomes [in, out].
+    """
+    _expect_counts("conv_to_dense", sources, target_shapes, 1, 1)
+    (k,) = sources
+    if k.ndim != 4:
+        raise _fail("conv_to_dense", sources, target_shapes, "a 4-D conv kernel [kh, kw, in, out]")
+    kh, kw, cin, cout = k.shape
+    if tuple(target_shapes[0]) != (kh * kw * cin, cout):
+        raise _fail("conv_to_dense", sources, target_shapes,
+                    f"a Dense kernel [kh*kw*in, out] = {[kh * kw * cin, cout]}")
+    return [k.reshape(kh * kw * cin, cout)]
+
+
+def _attention_heads(sources: list[np.ndarray], target_shapes: list[Shape],
+                     params: dict[str, Any]) -> list[np.ndarray]:
+    """2-D dense projection -> Keras MultiHeadAttention EinsumDense weight (C-order reshape).
+
+    query/key/value kernel [d, h*k] -> [d, h, k]; their bias [h*k] -> [h, k];
+    output kernel [h*k, d] -> [h, k, d]; output bias [d] -> [d]. Head i owns the columns (rows for
+    the output kernel) i*k .. i*k+k-1, as when TF1 code reshapes [B, T, h*k] to [B, T, h, k].
+    """
+    _expect_counts("attention_heads", sources, target_shapes, 1, 1)
+    (a,) = sources
+    s, t = tuple(a.shape), tuple(target_shapes[0])
+    cases = (
+        len(s) == 2 and len(t) == 3 and s == (t[0], t[1] * t[2]),  # q/k/v kernel
+        len(s) == 2 and len(t) == 3 and s == (t[0] * t[1], t[2]),  # output kernel
+        len(s) == 1 and len(t) == 2 and s == (t[0] * t[1],),  # q/k/v bias
+        len(s) == 1 and s == t,  # output bias
+    )
+    if not any(cases):
+        raise _fail("attention_heads", sources, target_shapes,
+                    "kernel [d, h*k] -> [d, h, k], bias [h*k] -> [h, k], "
+                    "output kernel [h*k, d] -> [h, k, d] or output bias [d] -> [d]")
+    return [a.reshape(t)]
+
+
+# --------------------------------------------------------------------------------------------
+# Recurrent cells
+
+
+def _lstm_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
+    """(input size, units), after checking every shape of the lstm transform."""
+    _expect_counts("lstm", sources, target_shapes, 2, 3)
+    kernel, bias = sources
+    t_kernel, t_recurrent, t_bias = (tuple(t) for t in target_shapes)
+    units = t_recurrent[0] if len(t_recurrent) == 2 else -1
+    n_in = t_kernel[0] if len(t_kernel) == 2 else -1
+    want = {
+        "target kernel": (t_kernel, (n_in, 4 * units)),
+        "target recurrent_kernel": (t_recurrent, (units, 4 * units)),
+        "target bias": (t_bias, (4 * units,)),
+        "source kernel": (tuple(kernel.shape), (n_in + units, 4 * units)),
+        "source bias": (tuple(bias.shape), (4 * units,)),
+    }
+    wrong = [f"{label} {list(w)} (got {list(g)})" for label, (g, w) in want.items() if g != w]
+    if units <= 0 or n_in <= 0 or wrong:
+        raise _fail("lstm", sources, target_shapes,
+                    f"TF1 LSTMCell kernel [input + units, 4*units] and bias [4*units] for a Keras "
+                    f"LSTM with input {n_in} and units {units}: {'; '.join(wrong) or 'no units'}")
+    return n_in, units
+
+
+def _lstm(sources: list[np.ndarray], target_shapes: list[Shape],
+          params: dict[str, Any]) -> list[np.ndarray]:
+    """TF1 LSTMCell/BasicLSTMCell (kernel, bias) -> Keras LSTM (kernel, recurrent_kernel, bias).
+
+    TF1: [i, j, f, o] = [x, h] @ W + b; c' = s(f + forget_bias) * c + s(i) * tanh(j).
+    Keras: [i, f, c, o] = x @ K + h @ R + b'; c' = s(f) * c + s(i) * tanh(c).
+    So columns go i, j, f, o -> i, f, j, o; K = rows [:input], R = rows [input:];
+    b' = b reordered with forget_bias added to its f part.
+    """
+    n_in, units = _lstm_units(sources, target_shapes)
+    forget_bias = _float_param("lstm", params, "forget_bias", 1.0)
+    kernel, bias = sources
+    order = [0, 2, 1, 3]  # Keras gate g takes TF1 gate order[g]: i, f, c(=j), o
+
+    def reorder(a: np.ndarray) -> np.ndarray:
+        parts = np.split(a, 4, axis=-1)
+        return np.concatenate([parts[g] for g in order], axis=-1)
+
+    new_kernel = reorder(kernel)
+    new_bias = reorder(bias).copy()
+    new_bias[units:2 * units] += np.asarray(forget_bias, dtype=bias.dtype)
+    return [np.ascontiguousarray(new_kernel[:n_in]), np.ascontiguousarray(new_kernel[n_in:]),
+            new_bias.astype(bias.dtype, copy=False)]
+
+
+def _gru_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
+    """(input size, units), after checking every shape of the gru transform."""
+    _expect_counts("gru", sources, target_shapes, 4, 3)
+    t_kernel, t_recurrent, t_bias = (tuple(t) for t in target_shapes)
+    units = t_recurrent[0] if len(t_recurrent) == 2 else -1
+    n_in = t_kernel[0] if len(t_kernel) == 2 else -1
+    want = {
+        "target kernel": (t_kernel, (n_in, 3 * units)),
+        "target recurrent_kernel": (t_recurrent, (units, 3 * units)),
+        "target bias (reset_after=False)": (t_bias, (3 * units,)),
+        "source gates/kernel": (tuple(sources[0].shape), (n_in + units, 2 * units)),
+        "source gates/bias": (tuple(sources[1].shape), (2 * units,)),
+        "source candidate/kernel": (tuple(sources[2].shape), (n_in + units, units)),
+        "source candidate/bias": (tuple(sources[3].shape), (units,)),
+    }
+    wrong = [f"{label} {list(w)} (got {list(g)})" for label, (g, w) in want.items() if g != w]
+    if units <= 0 or n_in <= 0 or wrong:
+        raise _fail("gru", sources, target_shapes,
+                    f"TF1 GRUCell weights for a Keras GRU(reset_after=False) with input {n_in} "
+                    f"and units {units}: {'; '.join(wrong) or 'no units'}")
+    return n_in, units
+
+
+def _gru(sources: list[np.ndarray], target_shapes: list[Shape],
+         params: dict[str, Any]) -> list[np.ndarray]:
+    """TF1 GRUCell -> Keras GRU(reset_after=False) (kernel, recurrent_kernel, bias).
+
+    TF1: [r, u] = s([x, h] @ G + g); c = tanh([x, r*h] @ C + b); h' = u*h + (1-u)*c.
+    Keras: z, r = s(x @ K_z + h @ R_z + b_z), s(x @ K_r + h @ R_r + b_r);
+    hh = tanh(x @ K_h + (r*h) @ R_h + b_h); h' = z*h + (1-z)*hh.
+    Both let the update gate keep the old state, so no sign flip: K = [G_u | G_r | C] over the
+    input rows, R = the same over the state rows, bias = [g_u | g_r | b].
+    """
+    n_in, units = _gru_units(sources, target_shapes)
+    gates_kernel, gates_bias, cand_kernel, cand_bias = sources
+    r_k, u_k = np.split(gates_kernel, 2, axis=1)
+    r_b, u_b = np.split(gates_bias, 2)
+    kernel = np.concatenate([u_k, r_k, cand_kernel], axis=1)
+    return [np.ascontiguousarray(kernel[:n_in]), np.ascontiguousarray(kernel[n_in:]),
+            np.concatenate([u_b, r_b, cand_bias])]
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+
+def _register(*transforms: Transform) -> dict[str, Transform]:
+    return {t.name: t for t in transforms}
+
+
+TRANSFORMS: dict[str, Transform] = _register(
+    Transform("transpose", "np.transpose(a, perm), like tf.transpose", None, None,
+              {"perm": "permutation of the source's axes (default: reversed)"}, _transpose),
+    Transform("reshape", "C-order reshape, like tf.reshape", None, None,
+              {"shape": "new shape, one -1 allowed (default: the target's shape)"}, _reshape),
+    Transform("split", "split one array into the targets along an axis, like tf.split",
+              None, None, {"axis": "axis to split (default -1); sizes come from the targets"},
+              _split),
+    Transform("concat", "concatenate the sources along an axis, like tf.concat", None, None,
+              {"axis": "axis to join (default -1)"}, _concat),
+    Transform("lstm", "TF1 LSTMCell/BasicLSTMCell (i,j,f,o; forget_bias) -> Keras LSTM (i,f,c,o)",
+              ("kernel", "bias"), ("kernel", "recurrent_kernel", "bias"),
+              {"forget_bias": "the cell's run-time forget bias, folded into the bias (default "
+                              "1.0; read it with lstm_forget_bias)"}, _lstm),
+    Transform("gru", "TF1 GRUCell (gates r,u + candidate) -> Keras GRU(reset_after=False) (z,r,h)",
+              ("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias"),
+              ("kernel", "recurrent_kernel", "bias"), {}, _gru),
+    Transform("conv_to_dense", "conv kernel [kh,kw,in,out] used as FC -> Dense kernel after "
+              "NHWC Flatten [kh*kw*in, out]", None, None, {}, _conv_to_dense),
+    Transform("attention_heads", "2-D q/k/v/output projection -> Keras MultiHeadAttention "
+              "per-head shape", None, None, {}, _attention_heads),
+)
+
+
+def get_transform(name: str) -> Transform:
+    """The registered transform `name`; the error lists the supported names."""
+    try:
+        return TRANSFORMS[name]
+    except (KeyError, TypeError):
+        raise TransformError(f"unknown transform {name!r}; supported: "
+                             f"{', '.join(sorted(TRANSFORMS))}") from None
+
+
+def run_transform(name: str, sources: Sequence[np.ndarray], target_shapes: Sequence[Sequence[int]],
+                  params: dict[str, Any] | None = None) -> list[np.ndarray]:
+    """Validate `params`, apply transform `name`, and check each output against its target shape."""
+    transform = get_transform(name)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(transform.params))
+    if unknown:
+        accepted = ", ".join(sorted(transform.params)) or "none"
+        raise TransformError(f"transform {name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                             f"accepted: {accepted}")
+    arrays = [np.asarray(a) for a in sources]
+    shapes = [tuple(int(d) for d in s) for s in target_shapes]
+    outputs = transform.apply(arrays, shapes, params)
+    if len(outputs) != len(shapes):
+        raise _fail(name, arrays, shapes, f"{len(shapes)} outputs, got {len(outputs)}")
+    for i, (out, shape) in enumerate(zip(outputs, shapes)):
+        if tuple(out.shape) != shape:
+            raise _fail(name, arrays, shapes,
+                        f"output {i} of shape {list(shape)}, got {list(out.shape)}")
+    dtype = arrays[0].dtype if arrays else None
+    return [out.astype(dtype, copy=False) if dtype is not None else out for out in outputs]
+
+
+# --------------------------------------------------------------------------------------------
+# Facts read from a TF1 graph
+
+# Ops that pass a variable's value through unchanged (reference and resource variables, v1
+# control flow).
+_PASS_THROUGH = frozenset({"Identity", "Enter", "RefEnter", "Switch", "RefSwitch",
+                           "ReadVariableOp", "Merge", "RefMerge"})
+_FUSED_BN = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
+_ADD = frozenset({"Add", "AddV2"})
+
+
+def _float32_value(value: Any) -> float:
+    """A float32 attribute or constant as the shortest Python float (1e-05, not 9.99...e-06)."""
+    return float(str(np.float32(value)))
+
+
+def _variable_op(graph: tf.Graph, name: str) -> tf.Operation | None:
+    try:
+        return graph.get_operation_by_name(name)
+    except (KeyError, ValueError):
+        return None
+
+
+def _reachable(starts: Iterable[tf.Operation], through: frozenset[str]) -> list[tf.Operation]:
+    """Ops fed by `starts`, following consumers only through ops of types `through`."""
+    seen: dict[str, tf.Operation] = {}
+    stack = list(starts)
+    while stack:
+        op = stack.pop()
+        for out in op.outputs:
+            for user in out.consumers():
+                if user.name not in seen:
+                    seen[user.name] = user
+                    if user.type in through:
+                        stack.append(user)
+    return list(seen.values())
+
+
+def _scalar_const(tensor: tf.Tensor) -> float | None:
+    """The value of a scalar float Const behind `tensor` (through Identity/Enter), else None."""
+    import tensorflow as tf  # lazily: ferry has set TF's environment by now
+
+    op = tensor.op
+    while op.type in _PASS_THROUGH and op.inputs:
+        op = op.inputs[0].op
+    if op.type != "Const":
+        return None
+    value = tf.make_ndarray(op.get_attr("value"))
+    if value.size != 1 or not np.issubdtype(value.dtype, np.floating):
+        return None
+    return _float32_value(value.reshape(()))
+
+
+def _forget_bias_adds(split: tf.Operation) -> list[float]:
+    """Scalar constants added to the f gate (output 2) of an LSTM's four-way Split."""
+    found = []
+    for add in split.outputs[2].consumers():
+        if add.type in _ADD:
+            for other in add.inputs:
+                value = _scalar_const(other) if other is not split.outputs[2] else None
+                if value is not None:
+                    found.append(value)
+    return found
+
+
+def lstm_forget_bias(graph: tf.Graph, cell_scope: str) -> float:
+    """The forget bias an LSTMCell/BasicLSTMCell with variables under `cell_scope` adds at run time.
+
+    Follows the data from `<cell_scope>/kernel` to the cell's MatMul, its four-way gate Split and
+    the Add of a scalar Const to the f gate (split output 2): `rnn/while/lstm_cell/add/y` for an
+    LSTMCell in dynamic_rnn, `rnn/while/basic_lstm_cell/Const_1` for a BasicLSTMCell.
+    """
+    scope = cell_scope.rstrip("/")
+    kernel = _variable_op(graph, f"{scope}/kernel")
+    if kernel is None:
+        raise TransformError(f"lstm_forget_bias: no variable {scope}/kernel in the graph "
+                             f"(cell scope {scope!r})")
+    matmuls = [op for op in _reachable([kernel], _PASS_THROUGH) if op.type == "MatMul"]
+    gate_ops = _reachable(matmuls, frozenset({"BiasAdd", "Add", "AddV2"}))
+    splits = [op for op in gate_ops if op.type == "Split" and op.get_attr("num_split") == 4]
+    values = {v for split in splits for v in _forget_bias_adds(split)}
+    if len(values) != 1:
+        found = "none" if not values else ", ".join(map(str, sorted(values)))
+        raise TransformError(f"lstm_forget_bias: expected one forget bias constant added to the "
+                             f"f gate of the LSTM cell {scope!r}, found {found}")
+    return values.pop()
+
+
+def _fused_epsilons(graph: tf.Graph, scope: str) -> set[float]:
+    """Epsilons of the FusedBatchNorm* ops fed by `scope`'s variables or named under `scope`."""
+    variables = [op for suffix in ("moving_mean", "moving_variance", "gamma", "beta")
+                 if (op := _variable_op(graph, f"{scope}/{suffix}")) is not None]
+    ops = [op for op in _reachable(variables, _PASS_THROUGH) if op.type in _FUSED_BN]
+    ops += [op for op in graph.get_operations()
+            if op.type in _FUSED_BN and op.name.startswith(f"{scope}/")]
+    return {_float32_value(op.get_attr("epsilon")) for op in ops}
+
+
+def _unfused_epsilons(graph: tf.Graph, scope: str) -> set[float]:
+    """Constants added to `scope/moving_variance`, or `scope/.../batchnorm/add/y` Consts."""
+    values = set()
+    variance = _variable_op(graph, f"{scope}/moving_variance")
+    readers = _reachable([variance], _PASS_THROUGH) if variance is not None else []
+    adds = [op for op in readers if op.type in _ADD]
+    for add in adds:
+        values |= {v for t in add.inputs if (v := _scalar_const(t)) is not None}
+    for op in graph.get_operations():
+        if (op.type == "Const" and op.name.startswith(f"{scope}/")
+                and op.name.endswith("batchnorm/add/y")):
+            if (value := _scalar_const(op.outputs[0])) is not None:
+                values.add(value)
+    return values
+
+
+def batch_norm_epsilon(graph: tf.Graph, scope: str) -> float:
+    """The epsilon of the batch norm under `scope` (e.g. `block2/bn2`).
+
+    Read from its FusedBatchNorm/V2/V3 op(s) (two inside a cond when `training` is a tensor), else
+    from the unfused form's `<scope>/batchnorm/add/y` constant.
+    """
+    scope = scope.rstrip("/")
+    values = _fused_epsilons(graph, scope) or _unfused_epsilons(graph, scope)
+    if len(values) != 1:
+        found = "none" if not values else ", ".join(map(str, sorted(values)))
+        raise TransformError(f"batch_norm_epsilon: expected one epsilon for the batch norm "
+                             f"{scope!r} (FusedBatchNorm* op or batchnorm/add/y), found {found}")
+    return values.pop()

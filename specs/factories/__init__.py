@@ -1,0 +1,1 @@
+"""Models written in Python for `architecture: {factory: ...}` specs of the example catalogue."""
