@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+
 def summary_row(model: str, status: str, failed_stage: str | None, durations: dict[str, float],
                 work: Path | None, export: str | None, error: object = None) -> dict[str, Any]:
     """One model's row, reading coverage and worst error from the files its stages wrote."""

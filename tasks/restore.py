@@ -56,7 +56,10 @@ def _read(reader, source: Source) -> np.ndarray:
 
 
 def execute(plan: MappingPlan, reader, weights: dict[str, Any]) -> list[str]:
-    """Assign every planned step; return the errors of steps whose transform refused its inputs."""
+    """Assign every planned step; return the errors of steps whose transform refused its inputs.
+
+    The weights are only saved when no step of the plan failed, so a partial assignment never leaves
+    this stage."""
     errors = []
     for step in plan.assignments:
         arrays = [_read(reader, s) for s in step.sources]
@@ -84,8 +87,7 @@ def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path) -> 
     if not spec.name_map.rules and plan.errors:
         plan.errors.append("the name map has no rules: add e.g. `rules: [{from: '(.*)'}]` to map every "
                            "checkpoint key onto the model weight of the same path")
-    if not plan.errors:
-        plan.errors += execute(plan, reader, weights)
+    plan.errors += execute(plan, reader, weights)  # transforms check their inputs: report those errors too
 
     report = {"coverage": plan.coverage, "errors": plan.errors, "suggestions": plan.suggestions,
               "table": plan.table()}

@@ -37,17 +37,20 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return out
 
 
-def test_catalogue_migrates_three_models_with_full_mlflow_record(catalogue):
+MODELS = {"gru_seq": "scores", "linear": "y", "mlp": "probs", "mnist_cnn": "probs", "resnet_bn": "probs",
+          "text_lstm": "probs", "transformer": "probs"}
+
+
+def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
     rows = migrate_catalogue(str(catalogue))
-    assert [(r["model"], r["status"], r["coverage"]) for r in rows] == [
-        ("linear", "passed", 1.0), ("mlp", "passed", 1.0), ("mnist_cnn", "passed", 1.0)]
-    assert all(r["worst_abs_err"] <= 1e-5 for r in rows)
+    assert [(r["model"], r["status"], r["coverage"]) for r in rows] == [(m, "passed", 1.0) for m in MODELS]
+    assert all(r["worst_abs_err"] <= 1e-5 and r["worst_rel_err"] <= 1e-5 for r in rows)
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     [parent], children = runs_of(client, "ferry-examples")
     assert parent.info.run_name.startswith("catalogue ") and parent.data.tags["status"] == "passed"
     assert {"summary.json", "summary.txt"} <= artifact_paths(client, parent.info.run_id)
-    assert sorted(children) == ["linear", "mlp", "mnist_cnn"]
+    assert sorted(children) == list(MODELS)
 
     for name, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -64,13 +67,14 @@ def test_catalogue_migrates_three_models_with_full_mlflow_record(catalogue):
         assert {f"spec/{name}.yaml", "inventory.json", "name_map.json", "parity.json",
                 "savedmodel/saved_model.pb"} <= artifacts
 
-    output = {"linear": "y", "mlp": "probs", "mnist_cnn": "probs"}
+    output = MODELS
     cnn = children["mnist_cnn"]
     history = client.get_metric_history(cnn.info.run_id, "parity.probs.max_abs_err")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]  # one value per shard, shard index as step
     assert all(m.value <= 1e-5 for m in history)
     for name, out in output.items():
         assert children[name].data.metrics[f"parity.{out}.max_abs_err"] <= 1e-5
+        assert children[name].data.metrics[f"parity.{out}.norm_rel_err"] <= 1e-5
     assert cnn.data.metrics["parity.probs.argmax_agreement"] == 1.0
 
     # The exported SavedModels reload, keep the TF1 names, and reproduce the TF1 graph.
@@ -92,7 +96,7 @@ def test_one_failing_model_does_not_stop_the_others(catalogue):
     broken.write_text("name: broken\nsource: {meta: nowhere.meta}\n")
 
     with pytest.raises(CatalogueFailed) as info:
-        migrate_catalogue(str(catalogue))
+        migrate_catalogue(str(catalogue), only=["linear", "mlp", "mnist_cnn", "broken"])
     assert str(info.value) == "2 of 4 models failed: broken at spec, mnist_cnn at restore"
     rows = {r["model"]: r for r in info.value.rows}
     assert rows["linear"]["status"] == rows["mlp"]["status"] == "passed"
