@@ -222,10 +222,11 @@ def plan_mapping(
             plan.rows.append(Row(name, "unused", None, list(src.shape), None, src.note, "no rule matches"))
 
     unassigned = [w for w in weights if w not in claimed]
-    _suggest(plan, sources, weights, unassigned)
+    suggested = _suggest(plan, sources, weights, unassigned)
     for path in unassigned:
+        hint = f"; suggested rule: {suggested[path]}" if path in suggested else ""
         plan.rows.append(Row(None, "unassigned", path, None, list(weights[path].shape), "",
-                             "no checkpoint key mapped here"))
+                             "no checkpoint key mapped here" + hint))
     if unassigned and name_map.strict:
         cov = plan.coverage
         plan.errors.append(
@@ -367,12 +368,17 @@ def _assign(rule, label, params, policy: str, transform: Transform | None, srcs:
 
 
 def _suggest(plan: MappingPlan, sources: dict[str, Source], weights: dict[str, Tensor],
-             unassigned: list[str]) -> None:
-    """Pair unassigned weights with unused same-shaped keys, both in graph order: one rule each."""
+             unassigned: list[str]) -> dict[str, str]:
+    """Pair unassigned weights with unused same-shaped keys, both in graph order: one rule each.
+
+    Adds the rules to `plan.suggestions` and returns them by weight path."""
     unused = {r.key for r in plan.rows if r.status == "unused"}
     free = [s for n, s in sources.items() if n in unused]
+    suggested = {}
     for path in unassigned:
         match = next((s for s in free if s.shape == weights[path].shape), None)
         if match:
             free.remove(match)
-            plan.suggestions.append(f"{{from: '{re.escape(match.name)}', to: '{path}'}}")
+            suggested[path] = f"{{from: '{re.escape(match.name)}', to: '{path}'}}"
+    plan.suggestions.extend(suggested.values())
+    return suggested

@@ -84,6 +84,8 @@ def test_coverage_counts_both_sides_and_strict_fails_with_suggested_rules():
                               "fc2/kernel [8, 2], fc2/bias [2]")
     assert plan.suggestions == ["{from: 'dense_1/kernel', to: 'fc2/kernel'}", "{from: 'dense_1/bias', to: 'fc2/bias'}"]
     assert "  - {from: 'dense_1/kernel', to: 'fc2/kernel'}" in plan.errors[1]
+    reasons = {r.target: r.reason for r in plan.rows if r.status == "unassigned"}
+    assert reasons["fc2/bias"] == "no checkpoint key mapped here; suggested rule: {from: 'dense_1/bias', to: 'fc2/bias'}"
     assert plan_mapping(CKPT, WEIGHTS, nm.model_copy(update={"strict": False})).errors == []
 
 
