@@ -16,8 +16,9 @@ from typing import Any, Callable
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import keras
 
+from ferry import layers as ferry_layers
 from ferry.graph_facts import graph_refs
-from ferry.spec import LayerSpec, ModelSpec, Problem, factory_allowed
+from ferry.spec import Architecture, LayerSpec, ModelSpec, Problem, Rule, factory_allowed
 
 GraphValues = dict[str, dict[str, Any]]
 
@@ -64,7 +65,8 @@ def make_layer(class_name: str, config: dict[str, Any], name: str,
                graph_values: dict[str, Any] | None = None) -> keras.layers.Layer:
     """Instantiate one Keras layer; graph references in `config` are replaced by `graph_values`
     (None: validation only, the references are left out)."""
-    cls = getattr(keras.layers, class_name, None)
+    module, _, short = class_name.rpartition(".")
+    cls = getattr(ferry_layers if module == "ferry" else keras.layers, short, None) if module in ("", "ferry") else None
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
         raise ArchitectureError(f"unknown Keras layer class {class_name!r}")
     refs = graph_refs(config)
@@ -92,7 +94,9 @@ def keras_op(name: str) -> Callable[..., Any]:
 def check_architecture(spec: ModelSpec) -> list[Problem]:
     """Problems only Keras can tell: unknown layer class or op, a bad layer argument, a bad input name."""
     arch, file = spec.architecture, str(spec.spec_file)
-    problems = []
+    problems: list[Problem] = []
+    if arch == "auto":  # derived from the graph at reconstruct time
+        return problems
     if arch.layers:
         for i, (layer, name) in enumerate(zip(arch.layers, layer_names(arch.layers))):
             try:
@@ -196,6 +200,22 @@ def _import_factory(spec: ModelSpec) -> Callable[..., Any]:
     if not callable(fn):
         raise ArchitectureError(f"factory {factory.function}: {module_name} has no function {fn_name!r}")
     return fn
+
+
+def resolved(spec: ModelSpec, model_info: dict[str, Any]) -> ModelSpec:
+    """The spec as built: for `architecture: auto`, with the graph architecture and the name-map rules
+    that reconstruct derived from the TF1 graph (the spec's skips, strictness and policies kept)."""
+    if spec.architecture != "auto":
+        return spec
+    derived = model_info["auto"]
+    rules = [Rule.model_validate(r) for r in derived["rules"]]
+    return spec.model_copy(update={"architecture": Architecture.model_validate(derived["architecture"]),
+                                   "name_map": spec.name_map.model_copy(update={"rules": rules})})
+
+
+def model_from_info(spec: ModelSpec, model_info: dict[str, Any]) -> keras.Model:
+    """The spec's model as reconstruct resolved it (inputs, graph values, derived architecture)."""
+    return build_model(resolved(spec, model_info), model_info["inputs"], model_info.get("graph_values"))
 
 
 def weight_paths(model: keras.Model) -> dict[str, keras.Variable]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ferry.model import build_model
+from ferry.model import model_from_info
 from ferry.spec import ModelSpec
 
 
@@ -56,7 +56,7 @@ def run_tf1(spec: ModelSpec, arrays: dict[str, np.ndarray], batch_size: int, dev
 
 def load_keras(spec: ModelSpec, model_info: dict[str, Any], weights: str):
     """The spec's Keras model with the restored weights loaded."""
-    model = build_model(spec, model_info["inputs"], model_info.get("graph_values"))
+    model = model_from_info(spec, model_info)
     model.load_weights(weights)
     return model
 

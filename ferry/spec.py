@@ -266,7 +266,7 @@ class ModelSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     source: Source
-    architecture: Architecture
+    architecture: Architecture | Literal["auto"] = Field(description="a form, or `auto`: derived from the graph")
     name_map: NameMap = Field(default_factory=NameMap)
     verify: Verify
     export: Export
@@ -279,7 +279,7 @@ class ModelSpec(_Strict):
         unknown = sorted(set(self.verify.outputs) - set(self.source.outputs))
         if unknown:
             raise ValueError(f"verify.outputs names {unknown} not in source.outputs {sorted(self.source.outputs)}")
-        graph = self.architecture.graph
+        graph = None if self.architecture == "auto" else self.architecture.graph
         if graph and sorted(graph.outputs) != sorted(self.source.outputs):
             raise ValueError(f"architecture.graph.outputs {sorted(graph.outputs)} must name the same outputs as "
                              f"source.outputs {sorted(self.source.outputs)}")
@@ -381,7 +381,7 @@ def factory_allowed(module: str, prefixes: tuple[str, ...] | list[str]) -> bool:
 
 
 def _check_factory(spec: ModelSpec, file: Path) -> list[Problem]:
-    factory = spec.architecture.factory
+    factory = None if spec.architecture == "auto" else spec.architecture.factory
     if factory is None or factory_allowed(factory.module, spec.factory_modules):
         return []
     allowed = ", ".join(spec.factory_modules) or "none (set `factory_modules` in the catalogue)"

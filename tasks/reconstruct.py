@@ -11,14 +11,15 @@ from prefect.cache_policies import NO_CACHE
 
 from ferry.graph_facts import graph_refs, resolve
 from ferry.inventory import load_graph
-from ferry.model import build_model, layer_names, weight_paths
+from ferry.auto import translate
+from ferry.model import layer_names, model_from_info, weight_paths
 from ferry.spec import ModelSpec
 
 
 def input_signature(spec: ModelSpec, inventory: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Serving input name -> {shape without batch, dtype}: the spec's shapes, else the placeholder's."""
     placeholders = {p["tensor"]: p for p in inventory["placeholders"]}
-    overrides = spec.architecture.input_shapes or {}
+    overrides = (spec.architecture.input_shapes if spec.architecture != "auto" else None) or {}
     signature = {}
     for serving, tensor in spec.source.inputs.items():
         placeholder = placeholders.get(tensor)
@@ -33,6 +34,8 @@ def input_signature(spec: ModelSpec, inventory: dict[str, Any]) -> dict[str, dic
 def graph_values(spec: ModelSpec) -> dict[str, dict[str, Any]]:
     """Layer name -> the arguments its spec reads from the TF1 graph (`{from_graph: SCOPE}`), resolved."""
     arch = spec.architecture
+    if arch == "auto":  # values are read while translating
+        return {}
     if arch.layers:
         named = [(f"architecture.layers[{i}]", name, layer.config)
                  for i, (layer, name) in enumerate(zip(arch.layers, layer_names(arch.layers)))]
@@ -51,8 +54,11 @@ def graph_values(spec: ModelSpec) -> dict[str, dict[str, Any]]:
 def reconstruct(spec: ModelSpec, inventory_path: Path) -> dict[str, Any]:
     """Build the model once to check it; return its input signature, graph values and weight shapes."""
     inventory = json.loads(Path(inventory_path).read_text())
-    inputs = input_signature(spec, inventory)
-    values = graph_values(spec)
-    model = build_model(spec, inputs, values)
+    info: dict[str, Any] = {"inputs": input_signature(spec, inventory), "graph_values": graph_values(spec)}
+    if spec.architecture == "auto":
+        derived = translate(load_graph(spec.source.meta), spec.source.inputs, spec.source.outputs,
+                            str(spec.source.meta))
+        info["auto"] = {"architecture": derived.architecture(), "rules": derived.rules}
+    model = model_from_info(spec, info)
     weights = {path: {"shape": list(w.shape), "dtype": w.dtype} for path, w in weight_paths(model).items()}
-    return {"inputs": inputs, "graph_values": values, "weights": weights, "params": int(model.count_params())}
+    return {**info, "weights": weights, "params": int(model.count_params())}

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ferry.graph_facts import graph_refs, resolve
 from ferry.inventory import load_graph
-from ferry.model import build_model, weight_paths
+from ferry.model import model_from_info, resolved, weight_paths
 from ferry.namemap import MappingPlan, Source, Tensor, plan_mapping
 from ferry.spec import ModelSpec
 from ferry.transforms import TransformError, run_transform
@@ -80,7 +80,8 @@ def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path) -> 
     work = Path(work)
     reader = tf.train.load_checkpoint(str(spec.source.checkpoint_prefix))
     checkpoint = checkpoint_tensors(reader, work / "inventory.json")
-    model = build_model(spec, model_info["inputs"], model_info.get("graph_values"))
+    model = model_from_info(spec, model_info)
+    spec = resolved(spec, model_info)  # `auto`: the rules derived from the graph
     weights = weight_paths(model)
     plan = plan_mapping(checkpoint, {p: Tensor(tuple(w.shape), w.dtype) for p, w in weights.items()},
                         spec.name_map, transform_params(spec))

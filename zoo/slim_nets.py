@@ -1,0 +1,330 @@
+"""Build TF1 networks from ``tf_slim.nets``: code nobody on this project wrote, used as its authors did.
+
+Each network runs under its own ``*_arg_scope()`` (batch norm wherever that scope provides it) with
+``is_training=False`` (an inference graph: BN on moving statistics, dropout off). After
+``global_variables_initializer`` every BN ``moving_mean`` / ``moving_variance`` gets random values
+and every ``gamma`` / ``beta`` is perturbed, so a converter that ignores or mis-reads BN fails parity.
+Each network gets its own folder under ``--out`` (default: this folder)::
+
+    <name>/model.ckpt.meta                     meta graph (reference variables, VariableV2)
+    <name>/model.ckpt.index                    name-based checkpoint (global_step included)
+    <name>/model.ckpt.data-00000-of-00001
+    <name>/shards/shard-000.npz ... 002.npz    4 images each, float32 in [0, 1), key ``images``
+    <name>/manifest.json                       inputs, outputs, tf_version, input_size (written last)
+
+Usage: ``python zoo/slim_nets.py [--out DIR] [--only NAME ...] [--force]``. Without ``--only`` it
+builds every network not marked ``large`` in ``MODELS``; large ones build only when named.
+
+tf_slim 1.1.0 is partly broken on TF 2.21; ``apply_tf_slim_shims`` (below) patches it in this
+process only, before ``tf_slim`` is imported, without touching site-packages. Runs in its own
+process, like zoo/build.py: tf_keras and ``disable_v2_behavior()`` must not leak into ferry.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf_slim's layers sit on the tf.compat.v1.layers classes
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")
+warnings.filterwarnings("ignore", message=r"`layer\.apply` is deprecated", category=UserWarning)
+
+# TF1-era graphs: reference variables (VariableV2 + .../read).
+tf.compat.v1.disable_v2_behavior()
+
+
+def apply_tf_slim_shims() -> list[str]:
+    """Make tf_slim 1.1.0 import and run on TF 2.21 / tf_keras 2.21; return what was patched.
+
+    Call before ``import tf_slim``. Both patches are process-local and idempotent; neither edits
+    site-packages nor changes what the nets build (the graphs are the ones tf_slim's code writes).
+
+    1. ``tf_keras.legacy_tf_layers.normalization`` -> ``tf_keras.src.legacy_tf_layers.normalization``
+       (a ``sys.modules`` alias). ``slim.batch_norm`` with the default
+       ``updates_collections=UPDATE_OPS`` -- what every net's arg scope uses -- builds
+       ``tensorflow.python.layers.normalization.BatchNormalization``; TF 2.21 resolves that name
+       lazily from ``tf_keras.legacy_tf_layers.normalization``, but tf_keras 2.21 ships the module
+       only as ``tf_keras.src.legacy_tf_layers.normalization``, so building any BN layer raised
+       ``ModuleNotFoundError: No module named 'tf_keras.legacy_tf_layers'``. The alias points the
+       lazy loader at the module tf_keras does ship (the same class ``tf.compat.v1.layers`` uses).
+       Needed by: resnet_v1, resnet_v2, inception_v1 (every net with BN).
+    2. ``tensorflow.python.framework.ops.Tensor = tf.Tensor``. ``tf_slim.layers.utils.
+       constant_value`` (behind ``utils.smart_cond``) does ``isinstance(x, ops.Tensor)``; TF 2.21
+       removed that alias (the class lives in ``tensorflow.python.framework.tensor``), so it raised
+       ``AttributeError``. Only ``slim.batch_norm``'s other two implementations reach it: the
+       ``_fused_batch_norm`` path (``updates_collections=None``, rank-2 inputs or
+       ``zero_debias_moving_mean``) and the non-fused legacy path. None of the arg scopes used
+       here takes those paths, so the default nets do not need it; it is kept because
+       ``updates_collections=None`` (in-place updates) is a common TF1 idiom and
+       tests/test_slim_nets.py checks that it runs with the patch.
+    """
+    patched = []
+    alias = "tf_keras.legacy_tf_layers.normalization"
+    if alias not in sys.modules:
+        try:
+            importlib.import_module(alias)
+        except ModuleNotFoundError:
+            sys.modules[alias] = importlib.import_module("tf_keras.src.legacy_tf_layers.normalization")
+            patched.append(f"sys.modules[{alias!r}] = tf_keras.src.legacy_tf_layers.normalization")
+
+    from tensorflow.python.framework import ops  # noqa: PLC0415  (private module, patched here)
+
+    if not hasattr(ops, "Tensor"):
+        ops.Tensor = tf.Tensor
+        patched.append("tensorflow.python.framework.ops.Tensor = tf.Tensor")
+    return patched
+
+
+SHIMS = apply_tf_slim_shims()
+
+import tf_slim as slim  # noqa: E402
+from tf_slim.nets import alexnet, inception_v1, overfeat, resnet_v1, resnet_v2, vgg  # noqa: E402
+
+v1 = tf.compat.v1
+SEED = 1234
+N_SHARDS = 3
+SHARD_SIZE = 4
+NUM_CLASSES = 10
+CKPT_NAME = "model.ckpt"
+
+
+@dataclass(frozen=True)
+class Net:
+    """One network: ``build(images)`` returns logits ([B, C] or [B, 1, 1, C]) in the default graph."""
+
+    build: Callable[[tf.Tensor], tf.Tensor]
+    input_size: int
+    large: bool = False  # not built by default (checkpoint hundreds of MB); build with --only NAME
+
+
+def _small_resnet_v1(images: tf.Tensor) -> tf.Tensor:
+    """resnet_v1 with 2 bottleneck blocks (base depth 16/32, 2 units each, strides 2 then 1)."""
+    blocks = [
+        resnet_v1.resnet_v1_block("block1", base_depth=16, num_units=2, stride=2),
+        resnet_v1.resnet_v1_block("block2", base_depth=32, num_units=2, stride=1),
+    ]
+    with slim.arg_scope(resnet_v1.resnet_arg_scope()):
+        logits, _ = resnet_v1.resnet_v1(images, blocks, num_classes=NUM_CLASSES,
+                                        is_training=False, global_pool=True, scope="resnet_v1")
+    return logits
+
+
+def _small_resnet_v2(images: tf.Tensor) -> tf.Tensor:
+    """resnet_v2 (pre-activation) with the same 2 blocks as ``_small_resnet_v1``."""
+    blocks = [
+        resnet_v2.resnet_v2_block("block1", base_depth=16, num_units=2, stride=2),
+        resnet_v2.resnet_v2_block("block2", base_depth=32, num_units=2, stride=1),
+    ]
+    with slim.arg_scope(resnet_v2.resnet_arg_scope()):
+        logits, _ = resnet_v2.resnet_v2(images, blocks, num_classes=NUM_CLASSES,
+                                        is_training=False, global_pool=True, scope="resnet_v2")
+    return logits
+
+
+def _inception_v1(images: tf.Tensor) -> tf.Tensor:
+    """The full inception_v1 (GoogLeNet + BN). tf_slim 1.1.0's version has no ``global_pool``: its
+    head is a 7x7 VALID avg pool, so the input must be 193..224 pixels (final map 7x7)."""
+    with slim.arg_scope(inception_v1.inception_v1_arg_scope()):
+        logits, _ = inception_v1.inception_v1(images, num_classes=NUM_CLASSES, is_training=False)
+    return logits
+
+
+def _alexnet_v2(images: tf.Tensor) -> tf.Tensor:
+    """alexnet_v2: no BN; fc6 is a 5x5 VALID conv, fc7/fc8 1x1 convs, dropout (off)."""
+    with slim.arg_scope(alexnet.alexnet_v2_arg_scope()):
+        logits, _ = alexnet.alexnet_v2(images, num_classes=NUM_CLASSES, is_training=False)
+    return logits
+
+
+def _vgg_a(images: tf.Tensor) -> tf.Tensor:
+    """vgg_a (VGG 11): no BN; fc6 is a 7x7x512x4096 VALID conv."""
+    with slim.arg_scope(vgg.vgg_arg_scope()):
+        logits, _ = vgg.vgg_a(images, num_classes=NUM_CLASSES, is_training=False)
+    return logits
+
+
+def _overfeat(images: tf.Tensor) -> tf.Tensor:
+    """overfeat: no BN; fc6 is a 6x6x1024x3072 VALID conv; its own input size is 231."""
+    with slim.arg_scope(overfeat.overfeat_arg_scope()):
+        logits, _ = overfeat.overfeat(images, num_classes=NUM_CLASSES, is_training=False)
+    return logits
+
+
+def _resnet_v1_50(images: tf.Tensor) -> tf.Tensor:
+    """The full resnet_v1_50, 1000 classes, as published (a benchmark-sized model)."""
+    with slim.arg_scope(resnet_v1.resnet_arg_scope()):
+        logits, _ = resnet_v1.resnet_v1_50(images, num_classes=1000, is_training=False,
+                                           global_pool=True)
+    return logits
+
+
+MODELS: dict[str, Net] = {
+    "slim_resnet_v1": Net(_small_resnet_v1, input_size=64),
+    "slim_resnet_v2": Net(_small_resnet_v2, input_size=64),
+    "slim_inception_v1": Net(_inception_v1, input_size=224),
+    "slim_alexnet_v2": Net(_alexnet_v2, input_size=224),  # ~186 MB checkpoint (fc6/fc7)
+    "slim_vgg_a": Net(_vgg_a, input_size=224, large=True),  # ~516 MB checkpoint
+    "slim_overfeat": Net(_overfeat, input_size=231, large=True),  # ~566 MB checkpoint
+    "slim_resnet_v1_50": Net(_resnet_v1_50, input_size=224, large=True),  # ~102 MB, slow-ish
+}
+DEFAULT = [name for name, net in MODELS.items() if not net.large]
+
+BN_STATS = ("moving_mean", "moving_variance")
+BN_PARAMS = ("gamma", "beta")
+
+
+def randomize_batch_norm(sess: v1.Session, rng: np.random.RandomState) -> int:
+    """Give every BN variable non-trivial values; return how many variables were set.
+
+    moving_mean ~ N(0, 0.1), moving_variance ~ U(0.5, 1.5), gamma ~ 1 + N(0, 0.1),
+    beta ~ N(0, 0.1). Variables are matched by their last name component (slim names them so).
+    """
+    count = 0
+    for var in sorted(v1.global_variables(), key=lambda v: v.op.name):
+        kind = var.op.name.rsplit("/", 1)[-1]
+        shape = var.shape.as_list()
+        if kind == "moving_mean":
+            value = 0.1 * rng.normal(size=shape)
+        elif kind == "moving_variance":
+            value = rng.uniform(0.5, 1.5, size=shape)
+        elif kind == "gamma":
+            value = 1.0 + 0.1 * rng.normal(size=shape)
+        elif kind == "beta":
+            value = 0.1 * rng.normal(size=shape)
+        else:
+            continue
+        var.load(value.astype(var.dtype.base_dtype.as_numpy_dtype), sess)
+        count += 1
+    return count
+
+
+def write_model(name: str, folder: Path, size: int | None = None) -> dict:
+    """Build network `name` at input `size` into `folder`; return a summary for the progress line."""
+    net = MODELS[name]
+    size = size or net.input_size
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(SEED)
+        images = v1.placeholder(tf.float32, [None, size, size, 3], name="images")
+        logits = net.build(images)
+        if logits.shape.rank == 4:  # [B, 1, 1, C] (resnet has no spatial_squeeze in tf_slim)
+            logits = tf.squeeze(logits, [1, 2], name="logits_squeezed")
+        probs = tf.nn.softmax(logits, name="probs")
+        v1.train.get_or_create_global_step()  # checkpoints look like training ones
+        saver = v1.train.Saver()
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            n_bn = randomize_batch_norm(sess, np.random.RandomState(SEED))
+            # write_state=False: no 'checkpoint' file, which would record the temporary path.
+            saver.save(sess, str(folder / CKPT_NAME), write_meta_graph=True, write_state=False)
+
+            shards = folder / "shards"
+            shards.mkdir()
+            rng = np.random.RandomState(SEED + 1)
+            for i in range(N_SHARDS):
+                batch = rng.uniform(size=(SHARD_SIZE, size, size, 3)).astype(np.float32)
+                np.savez(shards / f"shard-{i:03d}.npz", images=batch)
+                if i == 0:  # one forward pass: the graph runs and gives a distribution
+                    p = sess.run(probs, {images: batch})
+                    if not (np.all(np.isfinite(p)) and np.allclose(p.sum(axis=1), 1.0, atol=1e-4)):
+                        raise RuntimeError(f"{name}: probs not a finite distribution: {p}")
+        n_params = int(sum(np.prod(v.shape.as_list()) for v in v1.trainable_variables()))
+
+    manifest = {
+        "name": name,
+        "inputs": {"images": images.name},
+        "outputs": {"probs": probs.name},
+        "tf_version": tf.__version__,
+        "input_size": size,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    ckpt_bytes = sum(p.stat().st_size for p in folder.glob(f"{CKPT_NAME}.*") if p.suffix != ".meta")
+    return {"keys": len(tf.train.list_variables(str(folder / CKPT_NAME))), "params": n_params,
+            "bn_vars": n_bn, "mb": ckpt_bytes / 1e6}
+
+
+def build_one(name: str, out: Path, force: bool, size: int | None = None) -> None:
+    """Build one network atomically: temp sibling folder, renamed into place when complete."""
+    final = out / name
+    if (final / "manifest.json").exists() and not force:
+        print(f"{name:<18} skipped (already built; --force to rebuild)", flush=True)
+        return
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the final folder should be readable like any other
+    old: Path | None = None
+    try:
+        info = write_model(name, tmp, size)
+        if final.exists():  # incomplete leftover, or --force: move aside, then swap in
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=out))
+            os.replace(final, old / name)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists() and (old / name).exists():
+            os.replace(old / name, final)  # put the previous build back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    took = time.perf_counter() - start
+    print(f"{name:<18} {info['keys']:4d} checkpoint variables ({info['bn_vars']} BN randomized), "
+          f"{info['params'] / 1e6:6.2f} M params, {info['mb']:6.1f} MB, {took:5.1f} s", flush=True)
+
+
+def build_resnet_v1_50(out: Path, size: int = 224, *, force: bool = False) -> Path:
+    """Write the full resnet_v1_50 (1000 classes) into ``out/slim_resnet_v1_50``; return the folder.
+
+    For benchmarks; not part of the default build (``--only slim_resnet_v1_50`` reaches it too).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    build_one("slim_resnet_v1_50", out, force, size)
+    return out / "slim_resnet_v1_50"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description="Build TF1 networks from tf_slim.nets.")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+                        help="output folder (default: the folder holding this script)")
+    parser.add_argument("--only", nargs="+", action="extend", metavar="NAME",
+                        help=f"build only these networks (known: {', '.join(MODELS)}; "
+                             f"default: {', '.join(DEFAULT)})")
+    parser.add_argument("--force", action="store_true", help="rebuild networks already built")
+    args = parser.parse_args(argv)
+
+    names = args.only or DEFAULT
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s): {', '.join(unknown)}; known models: {', '.join(MODELS)}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for name in dict.fromkeys(names):  # dedupe, keep order
+        build_one(name, args.out, args.force)
+    print(f"slim nets: {len(set(names))} model(s) in {args.out} "
+          f"({time.perf_counter() - start:.1f} s, TF {tf.__version__}; shims: {SHIMS or 'none'})",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
