@@ -105,14 +105,14 @@ class Translator:
         if op.type == "Switch":
             pred = self.static(op.inputs[1])
             if pred is None:
-                raise ValueError(f"switch {op.name} has no constant predicate")
+                raise _Unsupported("Switch(non-constant predicate)", op.name)
             if tensor.value_index != int(bool(pred)):
                 raise Dead(op.name)
             return self.resolve(op.inputs[0])
         if op.type == "Merge":
             alive = [r for r in (self._live(t) for t in op.inputs) if r is not None]
             if len(alive) != 1:
-                raise ValueError(f"merge {op.name}: {len(alive)} live inputs")
+                raise _Unsupported(f"Merge({len(alive)} live inputs)", op.name)
             return alive[0]
         return tensor
 
@@ -140,16 +140,20 @@ class Translator:
     def const(self, tensor: tf.Tensor, what: str) -> Any:
         value = self.static(tensor)
         if value is None:
-            raise ValueError(f"{what} of {tensor.op.name} is not constant")
+            raise _Unsupported(f"non-constant {what}", tensor.op.name)
         if np.size(value) > MAX_CONST:
-            raise ValueError(f"constant {tensor.op.name} has {np.size(value)} elements (max {MAX_CONST})")
+            raise _Unsupported(f"constant of {np.size(value)} elements (max {MAX_CONST})", tensor.op.name)
         return value.tolist() if isinstance(value, np.ndarray) else value
 
     # -- emitting ----------------------------------------------------------------------------------
 
     def node(self, tensor: tf.Tensor) -> str:
         """The graph node computing `tensor` (emitting it and its inputs first)."""
-        tensor = self.resolve(tensor)
+        try:
+            tensor = self.resolve(tensor)
+        except _Unsupported as exc:
+            self.unsupported.setdefault(exc.op_type, exc.node)
+            return layer_name(tensor.op.name)
         if tensor.name in self.names:
             return self.names[tensor.name]
         op = tensor.op
@@ -165,7 +169,12 @@ class Translator:
         return name
 
     def add(self, name: str, inputs: list[str], **spec: Any) -> str:
-        self.out.nodes.append({"name": name, **spec, "inputs": inputs})
+        """Append a node: name, `class` or `op`, inputs, then the arguments (defaults left out)."""
+        kind = {k: spec.pop(k) for k in ("class", "op") if k in spec}
+        for key, default in (("strides", [1, 1]), ("dilation_rate", [1, 1])):
+            if spec.get(key) == default:
+                del spec[key]
+        self.out.nodes.append({"name": name, **kind, "inputs": inputs, **spec})
         return name
 
     def bind(self, var: str, weight: str, transform: Any = None) -> None:
@@ -360,7 +369,7 @@ class Translator:
             if self.variable(const) is None and not np.allclose(self.const(const, "constant"), ones):
                 raise _Unsupported(f"{op.type}(constant scale/offset)", op.name)
         return self.add(name, [self.node(x)], **{"class": "BatchNormalization"},
-                        epsilon=float(np.float32(op.get_attr("epsilon"))), scale=bool(gamma), center=bool(beta))
+                        epsilon=float(str(np.float32(op.get_attr("epsilon")))), scale=bool(gamma), center=bool(beta))
 
     def embedding(self, op: tf.Operation) -> str:
         var = self.variable(op.inputs[0])

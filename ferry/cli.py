@@ -51,8 +51,38 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Show what a `.meta` graph holds: inputs, outputs, variables, ops, training-only parts."""
     from ferry.inventory import build_inventory, format_inventory
 
+    from ferry.auto import UnsupportedGraph, translate
+    from ferry.draft import serving_name
+    from ferry.inventory import load_graph
+
     inventory = build_inventory(Path(args.meta))
-    print(json.dumps(inventory, indent=1) if args.json else format_inventory(inventory))
+    inputs = {serving_name(p["name"]): p["tensor"] for p in inventory["placeholders"]}
+    outputs = {serving_name(o["name"]): o["tensor"] for o in inventory["outputs"]}
+    try:
+        translate(load_graph(Path(args.meta)), inputs, outputs, args.meta)
+        inventory["auto"] = {"supported": True, "unsupported_ops": {}}
+    except UnsupportedGraph as exc:
+        inventory["auto"] = {"supported": False, "unsupported_ops": exc.found}
+    if args.json:
+        print(json.dumps(inventory, indent=1))
+        return 0
+    print(format_inventory(inventory))
+    auto = inventory["auto"]
+    if auto["supported"]:
+        print("\narchitecture: auto — every op between the guessed inputs and outputs translates")
+    else:
+        print("\narchitecture: auto — unsupported op types (one node each); use `architecture: {factory: ...}`:")
+        for op_type, node in sorted(auto["unsupported_ops"].items()):
+            print(f"  {op_type:<32} {node}")
+    return 0
+
+
+def cmd_draft_spec(args: argparse.Namespace) -> int:
+    """Write an editable `graph`-form spec for a `.meta` graph."""
+    from ferry.draft import write_draft
+
+    out = write_draft(Path(args.meta), Path(args.output), args.name, args.shards, args.force)
+    print(f"wrote {out}: confirm its inputs and outputs, then `ferry validate`")
     return 0
 
 
@@ -71,6 +101,13 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("meta")
     ins.add_argument("--json", action="store_true", help="print the full inventory as JSON")
     ins.set_defaults(func=cmd_inspect)
+    draft = sub.add_parser("draft-spec", help="write a spec (graph form) derived from a TF1 .meta graph")
+    draft.add_argument("meta")
+    draft.add_argument("-o", "--output", required=True, help="spec file to write, e.g. specs/models/NAME.yaml")
+    draft.add_argument("--name", help="model name (default: the output file's stem)")
+    draft.add_argument("--shards", help="verification shards glob (default: shards/*.npz beside the meta)")
+    draft.add_argument("--force", action="store_true", help="replace an existing file")
+    draft.set_defaults(func=cmd_draft_spec)
     return p
 
 
@@ -81,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"ferry: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"ferry: {exc}", file=sys.stderr)
         return 2
 

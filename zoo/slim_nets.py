@@ -186,33 +186,105 @@ MODELS: dict[str, Net] = {
 }
 DEFAULT = [name for name, net in MODELS.items() if not net.large]
 
-BN_STATS = ("moving_mean", "moving_variance")
-BN_PARAMS = ("gamma", "beta")
+def _ancestors(tensor: tf.Tensor) -> set[tf.Operation]:
+    """Every op `tensor` depends on (data and control inputs), `tensor.op` included."""
+    seen: set[tf.Operation] = set()
+    stack = [tensor.op]
+    while stack:
+        op = stack.pop()
+        if op not in seen:
+            seen.add(op)
+            stack.extend(t.op for t in op.inputs)
+            stack.extend(op.control_inputs)
+    return seen
 
 
-def randomize_batch_norm(sess: v1.Session, rng: np.random.RandomState) -> int:
-    """Give every BN variable non-trivial values; return how many variables were set.
+def make_weights_nontrivial(sess: v1.Session, images: tf.Tensor, probs: tf.Tensor,
+                            batch: np.ndarray, rng: np.random.RandomState) -> dict[str, int]:
+    """Give BN non-trivial statistics and keep the network's output informative; return counts.
 
-    moving_mean ~ N(0, 0.1), moving_variance ~ U(0.5, 1.5), gamma ~ 1 + N(0, 0.1),
-    beta ~ N(0, 0.1). Variables are matched by their last name component (slim names them so).
+    Fresh initial values make a poor parity fixture: BN with moving_mean 0 / moving_variance 1 /
+    gamma 1 / beta 0 is nearly the identity (a converter that drops BN would pass), and with
+    purely random statistics the activations drift layer by layer (resnet_v1_50 saturates its
+    softmax at exactly 1.0, inception_v1 gives the same probs for every image). So, in the
+    order the graph computes them, on a calibration `batch` (not one of the shards):
+
+    * every BN (``FusedBatchNorm*`` op): gamma ~ 1 + N(0, 0.1), beta ~ N(0, 0.1) (set first);
+      moving_mean ~ m + 0.1 * N(0, 1) * s and moving_variance ~ v * U(0.5, 1.5), where m, v = s**2
+      are the per-channel mean and variance of the activations the BN op receives;
+    * every Conv2D not followed by BN (biased convs: alexnet/vgg/overfeat layers, logits, and
+      resnet_v2's conv3/shortcut/root conv): weights scaled so the conv's output has std 1.
+
+    The variables are found through the ops' inputs (``.../read`` -> ``VariableV2``), not by name.
     """
-    count = 0
-    for var in sorted(v1.global_variables(), key=lambda v: v.op.name):
-        kind = var.op.name.rsplit("/", 1)[-1]
-        shape = var.shape.as_list()
-        if kind == "moving_mean":
-            value = 0.1 * rng.normal(size=shape)
-        elif kind == "moving_variance":
-            value = rng.uniform(0.5, 1.5, size=shape)
-        elif kind == "gamma":
-            value = 1.0 + 0.1 * rng.normal(size=shape)
-        elif kind == "beta":
-            value = 0.1 * rng.normal(size=shape)
-        else:
-            continue
+    graph = images.graph
+    by_name = {v.op.name: v for v in v1.global_variables()}
+
+    def variable(t: tf.Tensor) -> tf.Variable | None:  # '.../read' Identity -> its variable
+        op = t.op.inputs[0].op if t.op.type == "Identity" else t.op
+        return by_name.get(op.name) if op.type == "VariableV2" else None
+
+    def load(var: tf.Variable, value: np.ndarray) -> None:
         var.load(value.astype(var.dtype.base_dtype.as_numpy_dtype), sess)
-        count += 1
-    return count
+
+    needed = _ancestors(probs)
+    ops = [op for op in graph.get_operations() if op in needed]  # creation order is topological
+    bn_ops = [op for op in ops if op.type.startswith("FusedBatchNorm")]
+    for op in bn_ops:
+        if op.get_attr("data_format") != b"NHWC":
+            raise NotImplementedError(f"{op.name}: data_format {op.get_attr('data_format')}")
+        gamma, beta = variable(op.inputs[1]), variable(op.inputs[2])
+        if gamma is not None:  # scale=False: a constant 1, no variable
+            load(gamma, 1.0 + 0.1 * rng.normal(size=gamma.shape.as_list()))
+        if beta is not None:
+            load(beta, 0.1 * rng.normal(size=beta.shape.as_list()))
+
+    # Calibration targets: every BN op, and every conv whose output no BN op normalizes. A target
+    # waits for the targets upstream of it; independent ones (inception's branches, a resnet
+    # unit's shortcut) share a wave and one session.run.
+    def is_bn(op: tf.Operation) -> bool:
+        return op.type.startswith("FusedBatchNorm")
+
+    def is_target(op: tf.Operation) -> bool:
+        return is_bn(op) or (op.type == "Conv2D"
+                             and not any(is_bn(c) for c in op.outputs[0].consumers()))
+
+    depth: dict[tf.Operation, int] = {}  # targets on the longest path ending at the op
+    waves: list[list[tf.Operation]] = []
+    for op in ops:
+        upstream = max((depth.get(t.op, 0) for t in op.inputs), default=0)
+        if is_target(op):
+            if upstream == len(waves):
+                waves.append([])
+            waves[upstream].append(op)
+            upstream += 1
+        depth[op] = upstream
+
+    feed = {images: batch}
+    counts = {"bn": 0, "conv_rescaled": 0, "waves": len(waves)}
+    for wave in waves:
+        fetched = sess.run([op.inputs[0] if is_bn(op) else op.outputs[0] for op in wave], feed)
+        for op, x in zip(wave, fetched):
+            if is_bn(op):
+                mean = x.mean(axis=(0, 1, 2), dtype=np.float64)
+                var = x.var(axis=(0, 1, 2), dtype=np.float64)
+                var = np.maximum(var, 1e-2 * var.mean() + 1e-6)  # channels dead on this batch
+                load(variable(op.inputs[3]), mean + 0.1 * rng.normal(size=mean.shape) * np.sqrt(var))
+                load(variable(op.inputs[4]), var * rng.uniform(0.5, 1.5, size=var.shape))
+                counts["bn"] += 1
+            else:
+                kernel = variable(op.inputs[1])
+                load(kernel, sess.run(kernel) / max(float(x.std(dtype=np.float64)), 1e-6))
+                counts["conv_rescaled"] += 1
+    return counts
+
+
+def check_informative(name: str, probs: np.ndarray) -> None:
+    """Raise unless `probs` are finite distributions, not saturated, and differ between images."""
+    if not (np.all(np.isfinite(probs)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)):
+        raise RuntimeError(f"{name}: probs are not finite distributions: {probs}")
+    if probs.max() > 0.999 or probs.std(axis=0).max() < 1e-3:
+        raise RuntimeError(f"{name}: probs saturated or the same for every image: {probs}")
 
 
 def write_model(name: str, folder: Path, size: int | None = None) -> dict:
@@ -231,7 +303,9 @@ def write_model(name: str, folder: Path, size: int | None = None) -> dict:
         saver = v1.train.Saver()
         with v1.Session(graph=graph) as sess:
             sess.run(v1.global_variables_initializer())
-            n_bn = randomize_batch_norm(sess, np.random.RandomState(SEED))
+            calibration = np.random.RandomState(SEED + 2).uniform(size=(SHARD_SIZE, size, size, 3))
+            counts = make_weights_nontrivial(sess, images, probs, calibration.astype(np.float32),
+                                             np.random.RandomState(SEED))
             # write_state=False: no 'checkpoint' file, which would record the temporary path.
             saver.save(sess, str(folder / CKPT_NAME), write_meta_graph=True, write_state=False)
 
@@ -241,10 +315,9 @@ def write_model(name: str, folder: Path, size: int | None = None) -> dict:
             for i in range(N_SHARDS):
                 batch = rng.uniform(size=(SHARD_SIZE, size, size, 3)).astype(np.float32)
                 np.savez(shards / f"shard-{i:03d}.npz", images=batch)
-                if i == 0:  # one forward pass: the graph runs and gives a distribution
+                if i == 0:  # one forward pass: a distribution that depends on the image
                     p = sess.run(probs, {images: batch})
-                    if not (np.all(np.isfinite(p)) and np.allclose(p.sum(axis=1), 1.0, atol=1e-4)):
-                        raise RuntimeError(f"{name}: probs not a finite distribution: {p}")
+                    check_informative(name, p)
         n_params = int(sum(np.prod(v.shape.as_list()) for v in v1.trainable_variables()))
 
     manifest = {
@@ -257,7 +330,7 @@ def write_model(name: str, folder: Path, size: int | None = None) -> dict:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     ckpt_bytes = sum(p.stat().st_size for p in folder.glob(f"{CKPT_NAME}.*") if p.suffix != ".meta")
     return {"keys": len(tf.train.list_variables(str(folder / CKPT_NAME))), "params": n_params,
-            "bn_vars": n_bn, "mb": ckpt_bytes / 1e6}
+            "mb": ckpt_bytes / 1e6, **counts}
 
 
 def build_one(name: str, out: Path, force: bool, size: int | None = None) -> None:
@@ -285,8 +358,9 @@ def build_one(name: str, out: Path, force: bool, size: int | None = None) -> Non
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     took = time.perf_counter() - start
-    print(f"{name:<18} {info['keys']:4d} checkpoint variables ({info['bn_vars']} BN randomized), "
-          f"{info['params'] / 1e6:6.2f} M params, {info['mb']:6.1f} MB, {took:5.1f} s", flush=True)
+    print(f"{name:<18} {info['keys']:4d} checkpoint variables, {info['params'] / 1e6:6.2f} M params, "
+          f"{info['mb']:6.1f} MB, {info['bn']:2d} BN calibrated, {info['conv_rescaled']:2d} convs "
+          f"rescaled in {info['waves']} waves, {took:5.1f} s", flush=True)
 
 
 def build_resnet_v1_50(out: Path, size: int = 224, *, force: bool = False) -> Path:
