@@ -165,17 +165,26 @@ class Translator:
             except _Unsupported as exc:
                 self.unsupported.setdefault(exc.op_type, exc.node)
                 name = layer_name(op.name)
+                self.names[tensor.name] = name
+                for upstream in op.inputs:  # keep walking, so every unsupported op type is listed at once
+                    if self.variable(upstream) is None and self.static(upstream) is None:
+                        self.node(upstream)
         self.names[tensor.name] = name
         return name
 
     def add(self, name: str, inputs: list[str], **spec: Any) -> str:
         """Append a node: name, `class` or `op`, inputs, then the arguments (defaults left out)."""
         kind = {k: spec.pop(k) for k in ("class", "op") if k in spec}
-        for key, default in (("strides", [1, 1]), ("dilation_rate", [1, 1])):
-            if spec.get(key) == default:
-                del spec[key]
+        if kind.get("class") in ("Conv2D", "DepthwiseConv2D"):  # Keras' defaults; pooling's differ
+            for key in ("strides", "dilation_rate"):
+                if spec.get(key) == [1, 1]:
+                    del spec[key]
         self.out.nodes.append({"name": name, **kind, "inputs": inputs, **spec})
         return name
+
+    def unique(self, name: str, var: str) -> str:
+        """`name`, or the variable's full path when the scope already named a layer (separable convs)."""
+        return layer_name(var) if any(n["name"] == name for n in self.out.nodes) else name
 
     def bind(self, var: str, weight: str, transform: Any = None) -> None:
         rule = {"from": var, "to": weight, "match": "exact"}
@@ -324,9 +333,9 @@ class Translator:
         bias_var = self.variable(bias.inputs[1]) if bias is not None else None
         if bias is not None and not bias_var:
             raise _Unsupported("BiasAdd", bias.name)
-        name = layer_name(kernel_var.rsplit("/", 1)[0])
+        x = self.node(op.inputs[0] if x is None else x)  # first: the name must be unique among nodes so far
+        name = self.unique(layer_name(kernel_var.rsplit("/", 1)[0]), kernel_var)
         shape = op.inputs[1].shape.as_list()
-        x = self.node(op.inputs[0] if x is None else x)
         if op.type == "MatMul":
             if op.get_attr("transpose_a"):
                 raise _Unsupported("MatMul(transpose_a)", op.name)
@@ -347,7 +356,7 @@ class Translator:
                 self.bind(kernel_var, f"{name}/kernel")
             else:
                 config = {"class": "DepthwiseConv2D", "depth_multiplier": shape[3], **config}
-                self.bind(kernel_var, f"{name}/depthwise_kernel")
+                self.bind(kernel_var, f"{name}/kernel")  # Keras 3 names the depthwise kernel `kernel`
         if bias_var:
             self.bind(bias_var, f"{name}/bias")
         return self.add(name, [x], **config, use_bias=bool(bias_var))

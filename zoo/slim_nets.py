@@ -1,16 +1,16 @@
-"""Build TF1 networks from ``tf_slim.nets``: code nobody on this project wrote, used as its authors did.
+"""Build TF1 networks from ``tf_slim.nets`` (code nobody on this project wrote), used as intended.
 
 Each network runs under its own ``*_arg_scope()`` (batch norm wherever that scope provides it) with
 ``is_training=False`` (an inference graph: BN on moving statistics, dropout off). After
-``global_variables_initializer`` every BN ``moving_mean`` / ``moving_variance`` gets random values
-and every ``gamma`` / ``beta`` is perturbed, so a converter that ignores or mis-reads BN fails parity.
-Each network gets its own folder under ``--out`` (default: this folder)::
+``global_variables_initializer`` every BN gets non-trivial moving statistics and perturbed
+gamma / beta, so a converter that ignores or mis-reads BN fails parity; see
+``make_weights_nontrivial``. Each network gets its own folder under ``--out`` (default: here)::
 
     <name>/model.ckpt.meta                     meta graph (reference variables, VariableV2)
     <name>/model.ckpt.index                    name-based checkpoint (global_step included)
     <name>/model.ckpt.data-00000-of-00001
     <name>/shards/shard-000.npz ... 002.npz    4 images each, float32 in [0, 1), key ``images``
-    <name>/manifest.json                       inputs, outputs, tf_version, input_size (written last)
+    <name>/manifest.json                       inputs, outputs, tf_version, input_size (last)
 
 Usage: ``python zoo/slim_nets.py [--out DIR] [--only NAME ...] [--force]``. Without ``--only`` it
 builds every network not marked ``large`` in ``MODELS``; large ones build only when named.
@@ -56,8 +56,8 @@ def apply_tf_slim_shims() -> list[str]:
     Call before ``import tf_slim``. Both patches are process-local and idempotent; neither edits
     site-packages nor changes what the nets build (the graphs are the ones tf_slim's code writes).
 
-    1. ``tf_keras.legacy_tf_layers.normalization`` -> ``tf_keras.src.legacy_tf_layers.normalization``
-       (a ``sys.modules`` alias). ``slim.batch_norm`` with the default
+    1. ``sys.modules`` alias: ``tf_keras.legacy_tf_layers.normalization`` ->
+       ``tf_keras.src.legacy_tf_layers.normalization``. ``slim.batch_norm`` with the default
        ``updates_collections=UPDATE_OPS`` -- what every net's arg scope uses -- builds
        ``tensorflow.python.layers.normalization.BatchNormalization``; TF 2.21 resolves that name
        lazily from ``tf_keras.legacy_tf_layers.normalization``, but tf_keras 2.21 ships the module
@@ -81,10 +81,11 @@ def apply_tf_slim_shims() -> list[str]:
         try:
             importlib.import_module(alias)
         except ModuleNotFoundError:
-            sys.modules[alias] = importlib.import_module("tf_keras.src.legacy_tf_layers.normalization")
-            patched.append(f"sys.modules[{alias!r}] = tf_keras.src.legacy_tf_layers.normalization")
+            shipped = "tf_keras.src.legacy_tf_layers.normalization"
+            sys.modules[alias] = importlib.import_module(shipped)
+            patched.append(f"sys.modules[{alias!r}] = {shipped}")
 
-    from tensorflow.python.framework import ops  # noqa: PLC0415  (private module, patched here)
+    from tensorflow.python.framework import ops  # private module: the one tf_slim reads
 
     if not hasattr(ops, "Tensor"):
         ops.Tensor = tf.Tensor
@@ -107,11 +108,11 @@ CKPT_NAME = "model.ckpt"
 
 @dataclass(frozen=True)
 class Net:
-    """One network: ``build(images)`` returns logits ([B, C] or [B, 1, 1, C]) in the default graph."""
+    """A network: ``build(images)`` returns logits, [B, C] or [B, 1, 1, C], in the default graph."""
 
     build: Callable[[tf.Tensor], tf.Tensor]
     input_size: int
-    large: bool = False  # not built by default (checkpoint hundreds of MB); build with --only NAME
+    large: bool = False  # not built by default (big checkpoint or slow); build with --only NAME
 
 
 def _small_resnet_v1(images: tf.Tensor) -> tf.Tensor:
@@ -179,12 +180,17 @@ MODELS: dict[str, Net] = {
     "slim_resnet_v1": Net(_small_resnet_v1, input_size=64),
     "slim_resnet_v2": Net(_small_resnet_v2, input_size=64),
     "slim_inception_v1": Net(_inception_v1, input_size=224),
-    "slim_alexnet_v2": Net(_alexnet_v2, input_size=224),  # ~186 MB checkpoint (fc6/fc7)
-    "slim_vgg_a": Net(_vgg_a, input_size=224, large=True),  # ~516 MB checkpoint
-    "slim_overfeat": Net(_overfeat, input_size=231, large=True),  # ~566 MB checkpoint
-    "slim_resnet_v1_50": Net(_resnet_v1_50, input_size=224, large=True),  # ~102 MB, slow-ish
+    # Checkpoint sizes with 10 classes: resnets 0.3 MB, inception_v1 22.5 MB, alexnet_v2 185 MB
+    # (46.3 M parameters, 43 M of them in fc6/fc7), vgg_a 515 MB (128.8 M; fc6 alone is
+    # 7x7x512x4096 = 102.8 M), overfeat 567 MB (141.7 M; fc6 6x6x1024x3072 = 113.2 M);
+    # resnet_v1_50 with 1000 classes 102.5 MB (25.6 M), ~20 s to build on 2 CPU cores.
+    "slim_alexnet_v2": Net(_alexnet_v2, input_size=224),
+    "slim_vgg_a": Net(_vgg_a, input_size=224, large=True),
+    "slim_overfeat": Net(_overfeat, input_size=231, large=True),
+    "slim_resnet_v1_50": Net(_resnet_v1_50, input_size=224, large=True),
 }
 DEFAULT = [name for name, net in MODELS.items() if not net.large]
+
 
 def _ancestors(tensor: tf.Tensor) -> set[tf.Operation]:
     """Every op `tensor` depends on (data and control inputs), `tensor.op` included."""
@@ -269,7 +275,8 @@ def make_weights_nontrivial(sess: v1.Session, images: tf.Tensor, probs: tf.Tenso
                 mean = x.mean(axis=(0, 1, 2), dtype=np.float64)
                 var = x.var(axis=(0, 1, 2), dtype=np.float64)
                 var = np.maximum(var, 1e-2 * var.mean() + 1e-6)  # channels dead on this batch
-                load(variable(op.inputs[3]), mean + 0.1 * rng.normal(size=mean.shape) * np.sqrt(var))
+                shift = 0.1 * rng.normal(size=mean.shape) * np.sqrt(var)
+                load(variable(op.inputs[3]), mean + shift)
                 load(variable(op.inputs[4]), var * rng.uniform(0.5, 1.5, size=var.shape))
                 counts["bn"] += 1
             else:
@@ -288,7 +295,7 @@ def check_informative(name: str, probs: np.ndarray) -> None:
 
 
 def write_model(name: str, folder: Path, size: int | None = None) -> dict:
-    """Build network `name` at input `size` into `folder`; return a summary for the progress line."""
+    """Build network `name` at input `size` into `folder`; return a summary for the log line."""
     net = MODELS[name]
     size = size or net.input_size
     graph = tf.Graph()
@@ -358,9 +365,10 @@ def build_one(name: str, out: Path, force: bool, size: int | None = None) -> Non
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     took = time.perf_counter() - start
-    print(f"{name:<18} {info['keys']:4d} checkpoint variables, {info['params'] / 1e6:6.2f} M params, "
-          f"{info['mb']:6.1f} MB, {info['bn']:2d} BN calibrated, {info['conv_rescaled']:2d} convs "
-          f"rescaled in {info['waves']} waves, {took:5.1f} s", flush=True)
+    print(f"{name:<18} {info['keys']:4d} checkpoint variables, "
+          f"{info['params'] / 1e6:6.2f} M params, {info['mb']:6.1f} MB, "
+          f"{info['bn']:2d} BN calibrated, {info['conv_rescaled']:2d} convs rescaled "
+          f"({info['waves']} waves), {took:5.1f} s", flush=True)
 
 
 def build_resnet_v1_50(out: Path, size: int = 224, *, force: bool = False) -> Path:
