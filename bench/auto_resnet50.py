@@ -1,0 +1,156 @@
+"""Benchmark: `architecture: auto` on tf_slim's ResNet-50 vs TF's own SavedModel routes, side by side.
+
+    python bench/auto_resnet50.py [--size 224] [--work DIR]
+
+Builds `resnet_v1_50` (tf_slim, 25.6 M parameters) with zoo/slim_nets.py in its own process, then,
+in this one process and on the same graph and checkpoint, times:
+
+  ferry   reconstruct (translate the graph + build Keras) + restore (name map) + export SavedModel
+  wrap    tf.compat.v1.wrap_function(import_meta_graph) + prune + tf.saved_model.save
+          (TF's own route; on a TF1-era graph it lifts no variables: the SavedModel has no weights)
+  freeze  Session restore + convert_variables_to_constants + wrap_function + tf.saved_model.save
+          (the working TF route: constants, not a trainable model)
+
+and checks each SavedModel against the TF1 graph on one shard. Prints seconds and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import ferry  # noqa: E402,F401  (TF environment defaults before TensorFlow loads)
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import yaml  # noqa: E402
+
+from ferry.runtime import load_shard, run_tf1  # noqa: E402
+from ferry.spec import load_spec  # noqa: E402
+from tasks.export import call_savedmodel, export_savedmodel  # noqa: E402
+from tasks.inspect import inspect_graph  # noqa: E402
+from tasks.reconstruct import reconstruct  # noqa: E402
+from tasks.restore import restore_weights  # noqa: E402
+
+NAME = "slim_resnet_v1_50"
+
+
+def build(work: Path) -> Path:
+    folder = work / "zoo" / NAME
+    if not (folder / "manifest.json").exists():
+        subprocess.run([sys.executable, str(REPO / "zoo" / "slim_nets.py"), "--out", str(work / "zoo"),
+                        "--only", NAME], check=True)
+    return folder
+
+
+def spec_for(folder: Path, work: Path):
+    path = work / f"{NAME}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": NAME, "architecture": "auto", "name_map": {"skip": ["optimizer"]},
+        "source": {"meta": str(folder / "model.ckpt.meta"), "inputs": {"images": "images:0"},
+                   "outputs": {"probs": "probs:0"}},
+        "verify": {"shards": str(folder / "shards" / "*.npz"), "batch_size": 4,
+                   "tolerance": {"atol": 1e-5, "rtol": 1e-4}},
+        "export": {"dir": str(work / "exports" / NAME)}}))
+    return load_spec(path)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def ferry_route(spec, work: Path) -> dict[str, float]:
+    stages = work / "stages"
+    stages.mkdir(exist_ok=True)
+    inventory, t_inspect = timed(lambda: inspect_graph.fn(spec, stages))
+    info, t_reconstruct = timed(lambda: reconstruct.fn(spec, inventory))
+    restored, t_restore = timed(lambda: restore_weights.fn(spec, info, stages))
+    _, t_export = timed(lambda: export_savedmodel.fn(spec, info, restored["weights"], spec.shard_paths()[0]))
+    return {"inspect": t_inspect, "reconstruct": t_reconstruct, "restore": t_restore, "export": t_export}
+
+
+def wrap_route(spec, out: Path) -> None:
+    """TF's own: wrap_function around import_meta_graph, prune to the serving tensors, save."""
+    def imported():
+        tf.compat.v1.train.import_meta_graph(str(spec.source.meta), clear_devices=True)
+
+    wrapped = tf.compat.v1.wrap_function(imported, [])
+    graph = wrapped.graph
+    fn = wrapped.prune(feeds=[graph.get_tensor_by_name("images:0")], fetches={"probs": graph.get_tensor_by_name("probs:0")})
+    module = tf.Module()
+    module.serve = fn
+    tf.saved_model.save(module, str(out), signatures={"serving_default": fn})
+
+
+def freeze_route(spec, out: Path) -> None:
+    """Session restore, freeze variables to constants, wrap the frozen GraphDef, save."""
+    graph = tf.Graph()
+    with graph.as_default():
+        saver = tf.compat.v1.train.import_meta_graph(str(spec.source.meta), clear_devices=True)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            saver.restore(sess, str(spec.source.checkpoint_prefix))
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), ["probs"])
+
+    def imported():
+        tf.compat.v1.import_graph_def(frozen, name="")
+
+    wrapped = tf.compat.v1.wrap_function(imported, [])
+    fn = wrapped.prune(feeds=[wrapped.graph.get_tensor_by_name("images:0")],
+                       fetches={"probs": wrapped.graph.get_tensor_by_name("probs:0")})
+    module = tf.Module()
+    module.serve = fn
+    tf.saved_model.save(module, str(out), signatures={"serving_default": fn})
+
+
+def check(path: Path, arrays: dict, want: np.ndarray) -> str:
+    """How the SavedModel's output compares with the TF1 graph's."""
+    try:
+        got = call_savedmodel(path, arrays)
+    except Exception as exc:  # noqa: BLE001 - a broken export is a result to report
+        return f"fails when called: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+    key = "probs" if "probs" in got else next(iter(got))
+    err = float(np.max(np.abs(got[key] - want)))
+    return f"max abs err vs TF1 {err:.2e}"
+
+
+def size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=None, help="folder for the model and exports (default: temp)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ferry-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    folder = build(work)
+    spec = spec_for(folder, work)
+    arrays = load_shard(spec, spec.shard_paths()[0])
+    want = run_tf1(spec, arrays, 4, "/CPU:0")["probs"]
+
+    stages = ferry_route(spec, work)
+    t_ferry = stages["reconstruct"] + stages["restore"] + stages["export"]
+    _, t_wrap = timed(lambda: wrap_route(spec, work / "wrap"))
+    _, t_freeze = timed(lambda: freeze_route(spec, work / "freeze"))
+
+    print(f"\nResNet-50 (tf_slim resnet_v1_50, 25.6 M params) on {tf.config.list_logical_devices()[0].device_type}")
+    print(f"{'route':<34}{'seconds':>9}{'ratio':>8}{'SavedModel MB':>15}  result")
+    rows = [("ferry auto: reconstruct+restore+export", t_ferry, spec.export.dir),
+            ("TF wrap_function(import_meta_graph)", t_wrap, work / "wrap"),
+            ("TF freeze + wrap_function", t_freeze, work / "freeze")]
+    for label, seconds, path in rows:
+        print(f"{label:<34}{seconds:>9.2f}{seconds / t_ferry:>8.2f}{size_mb(Path(path)):>15.1f}  "
+              f"{check(Path(path), arrays, want)}")
+    print("ferry stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
+
+
+if __name__ == "__main__":
+    main()
