@@ -337,15 +337,27 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+UNION_TAGS = ("Architecture",)  # loc parts pydantic adds for `architecture: Architecture | "auto"`
+
+
 def _problems_from(exc: ValidationError, file: Path) -> list[Problem]:
     problems = []
-    for err in exc.errors():
+    errors = exc.errors()
+    form_failed = any("Architecture" in map(str, e["loc"]) or any("Architecture]" in str(p) for p in e["loc"])
+                      for e in errors)
+    for err in errors:
+        tags = [p for p in err["loc"] if isinstance(p, str) and ("[" in p or p in UNION_TAGS)]
+        if form_failed and any(t.startswith("literal[") for t in tags):
+            continue  # the spec gave a form, not `auto`: report what is wrong with the form
+        err = {**err, "loc": tuple(p for p in err["loc"] if p not in tags)}
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         value = None if err["type"] == "missing" else err.get("input")
         if isinstance(value, dict | list) and len(repr(value)) > 120:
             value = None
+        if err["loc"] == ("architecture",) and isinstance(value, str):
+            message = "must be `auto` or a mapping with one of `layers`, `graph`, `factory`"
         problems.append(Problem(file=str(file), field=_field_path(err["loc"]), message=message, value=value))
     return problems
 

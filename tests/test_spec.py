@@ -163,3 +163,13 @@ def test_validate_command_reports_keras_layer_problems(fake_model, capsys):
 def test_validate_command_passes_the_example_catalogue(catalogue, capsys):
     assert main(["validate", str(catalogue)]) == 0
     assert "7 of 7 specs valid" in capsys.readouterr().out
+
+
+def test_architecture_must_be_auto_or_a_form(fake_model):
+    path = write(fake_model, "demo.yaml", GOOD.replace("architecture:\n  layers:\n    - {class: Dense, units: 10}",
+                                                       "architecture: automatic"))
+    assert problems_of(path) == [f"{path}: architecture: must be `auto` or a mapping with one of `layers`, `graph`, "
+                                 "`factory` (got 'automatic')"]
+    path = write(fake_model, "demo.yaml", GOOD.replace("architecture:\n  layers:\n    - {class: Dense, units: 10}",
+                                                       "architecture: auto"))
+    assert load_spec(path).architecture == "auto"
