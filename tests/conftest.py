@@ -15,11 +15,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_tf1_script(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run a script that writes TF1 artifacts in its own process: `tf_keras` (for
+    `tf.compat.v1.layers`) and `disable_v2_behavior()` stay out of the test process."""
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, f"{script} failed:\n{done.stderr[-4000:]}"
+    return done
+
+
+def run_tf1_source(source: str, folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """`run_tf1_script` for a script given as text (written to `folder/build.py`)."""
+    script = folder / "build.py"
+    script.write_text(source)
+    return run_tf1_script(script, *args)
+
+
 def build_zoo(out: Path, *extra: str) -> None:
-    """Run zoo/build.py in its own process (tf_keras + TF1 behaviour stay out of this one)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run([sys.executable, str(REPO / "zoo" / "build.py"), "--out", str(out), *extra],
-                   check=True, env=env, capture_output=True, text=True)
+    """The example zoo, written by zoo/build.py."""
+    run_tf1_script(REPO / "zoo" / "build.py", "--out", str(out), *extra)
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, run_tf1_script, run_tf1_source
 from ferry.auto import SUPPORTED, UnsupportedGraph
 from ferry.cli import main
 from ferry.spec import load_catalogue, load_spec
@@ -29,7 +27,6 @@ SLIM = ["slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v
 
 BUILDER = """
 import os, sys
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import numpy as np
 import tensorflow as tf
 tf.compat.v1.disable_v2_behavior()
@@ -87,11 +84,8 @@ with g.as_default():
 def graphs(tmp_path_factory, zoo) -> dict[str, Path]:
     """meta path per model: the example zoo, tf_slim's nets, and this module's own two graphs."""
     out = tmp_path_factory.mktemp("auto")
-    script = out / "build.py"
-    script.write_text(BUILDER)
-    subprocess.run([sys.executable, str(script), str(out / "own")], check=True, capture_output=True, text=True)
-    subprocess.run([sys.executable, str(REPO / "zoo" / "slim_nets.py"), "--out", str(out / "slim")], check=True,
-                   capture_output=True, text=True)
+    run_tf1_source(BUILDER, out, str(out / "own"))
+    run_tf1_script(REPO / "zoo" / "slim_nets.py", "--out", str(out / "slim"))
     metas = {name: zoo / name / "model.ckpt.meta" for name in ZOO}
     metas |= {name: out / "slim" / name / "model.ckpt.meta" for name in SLIM}
     metas |= {name: out / "own" / name / "model.ckpt.meta" for name in ("layers_bn_dropout", "unsupported")}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from conftest import run_tf1_source
 from ferry.model import build_model, weight_paths
 from ferry.spec import ModelSpec, load_spec
 from tasks.inspect import inspect_graph
@@ -20,7 +19,6 @@ from tasks.restore import RestoreError, restore_weights
 
 BUILDER = """
 import os, sys
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import numpy as np
 import tensorflow as tf
 tf.compat.v1.disable_v2_behavior()
@@ -76,9 +74,7 @@ def make_spec(folder: Path, tmp_path: Path, ckpt: str = "whole", layers: list | 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("variants")
-    script = out / "build.py"
-    script.write_text(BUILDER)
-    subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True, text=True)
+    run_tf1_source(BUILDER, out, str(out))
     return out
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from conftest import run_tf1_source
 from ferry.inventory import build_inventory, format_inventory
 
 # Builds four small trained models and saves each as `<out>/<name>/model.ckpt(.meta)`.
@@ -112,13 +110,7 @@ MODELS = ("mlp", "cnn", "mlp_resource", "tutorial")
 def metas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Build the fixture graphs once, in a separate process (tf_keras needs its own env)."""
     root = tmp_path_factory.mktemp("inventory_graphs")
-    script = root / "build_graphs.py"
-    script.write_text(BUILDER)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, str(script), str(root)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_tf1_source(BUILDER, root, str(root))
     paths = {name: root / name / "model.ckpt.meta" for name in MODELS}
     assert all(p.is_file() for p in paths.values()), list(root.rglob("*"))
     return paths

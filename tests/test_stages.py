@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
+from conftest import REPO, run_tf1_source
 from ferry.model import build_model, weight_paths
 from ferry.spec import load_catalogue, load_spec
 from tasks.inspect import inspect_graph
@@ -70,9 +68,7 @@ export:
 def twin_zoo(tmp_path_factory) -> Path:
     """A TF1 MLP with two same-shaped hidden layers, built by the zoo script in its own process."""
     out = tmp_path_factory.mktemp("twin") / "zoo"
-    script = out.parent / "build_twin.py"
-    script.write_text(TWIN_BUILDER.format(zoo_dir=str(REPO / "zoo"), out=str(out)))
-    subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True)
+    run_tf1_source(TWIN_BUILDER.format(zoo_dir=str(REPO / "zoo"), out=str(out)), out.parent)
     return out.parent
 
 
@@ -190,10 +186,7 @@ for i, shard in enumerate(shards):
 
 def test_shards_spread_over_logical_devices(catalogue, tmp_path):
     """The multi-device path (GPUs in production) on several logical CPU devices, in its own process."""
-    script = tmp_path / "devices.py"
-    script.write_text(DEVICES_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(catalogue), str(tmp_path)], check=True,
-                          capture_output=True, text=True, cwd=REPO)
+    done = run_tf1_source(DEVICES_SCRIPT, tmp_path, str(catalogue), str(tmp_path))
     lines = [line.split() for line in done.stdout.strip().splitlines()]
     assert [d for d, _, _ in lines] == [f"/device:CPU:{i}" for i in (0, 1, 2, 0)]
     assert all(ok == "True" and float(err) <= 1e-5 for _, ok, err in lines)

@@ -8,9 +8,6 @@ and must reproduce the TF1 outputs.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_tf1_source
 from ferry.transforms import (
     TRANSFORMS,
     TransformError,
@@ -157,13 +155,7 @@ class Refs:
 def refs(tmp_path_factory: pytest.TempPathFactory) -> Refs:
     """Build every TF1 reference once, in a separate process (tf_keras needs its own env)."""
     root = tmp_path_factory.mktemp("transform_refs")
-    script = root / "build_refs.py"
-    script.write_text(BUILDER)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, str(script), str(root)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_tf1_source(BUILDER, root, str(root))
     return Refs(root / "refs.npz", root / "model.ckpt.meta")
 
 

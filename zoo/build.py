@@ -33,7 +33,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from typing import Callable, TypeVar  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -52,6 +52,7 @@ SEED = 1234
 N_SHARDS = 4
 CKPT_NAME = "model.ckpt"
 
+T = TypeVar("T")
 Feed = dict  # feed_dict: placeholder tensor -> numpy array
 
 
@@ -377,18 +378,16 @@ def write_model(name: str, folder: Path) -> tuple[int, int]:
     return n_keys, len(built.train_feeds)
 
 
-def build_one(name: str, out: Path, force: bool) -> None:
-    """Build one model atomically: temp sibling folder, renamed into place when complete."""
+def build_atomically(name: str, out: Path, write: Callable[[Path], T]) -> tuple[T, float]:
+    """Run `write(folder)` in a temporary sibling folder and rename it to `out/name` only when it
+    succeeded, so a crash never leaves a half-written model (the previous build is put back)."""
     final = out / name
-    if (final / "manifest.json").exists() and not force:
-        print(f"{name:<11} skipped (already built; --force to rebuild)", flush=True)
-        return
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the final folder should be readable like any other
     old: Path | None = None
     try:
-        n_keys, steps = write_model(name, tmp)
+        result = write(tmp)
         if final.exists():  # incomplete leftover, or --force: move aside, then swap in
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=out))
             os.replace(final, old / name)
@@ -401,7 +400,15 @@ def build_one(name: str, out: Path, force: bool) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    took = time.perf_counter() - start
+    return result, time.perf_counter() - start
+
+
+def build_one(name: str, out: Path, force: bool) -> None:
+    """Build one model atomically, unless a complete build is there already."""
+    if (out / name / "manifest.json").exists() and not force:
+        print(f"{name:<11} skipped (already built; --force to rebuild)", flush=True)
+        return
+    (n_keys, steps), took = build_atomically(name, out, lambda folder: write_model(name, folder))
     print(f"{name:<11} {n_keys:3d} checkpoint variables, {steps:2d} steps, {took:5.1f} s", flush=True)
 
 

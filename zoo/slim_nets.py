@@ -31,9 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -97,6 +95,9 @@ SHIMS = apply_tf_slim_shims()
 
 import tf_slim as slim  # noqa: E402
 from tf_slim.nets import alexnet, inception_v1, overfeat, resnet_v1, resnet_v2, vgg  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build import build_atomically  # noqa: E402  (zoo/build.py: the same atomic folder swap)
 
 v1 = tf.compat.v1
 SEED = 1234
@@ -341,30 +342,11 @@ def write_model(name: str, folder: Path, size: int | None = None) -> dict:
 
 
 def build_one(name: str, out: Path, force: bool, size: int | None = None) -> None:
-    """Build one network atomically: temp sibling folder, renamed into place when complete."""
-    final = out / name
-    if (final / "manifest.json").exists() and not force:
+    """Build one network atomically, unless a complete build is there already."""
+    if (out / name / "manifest.json").exists() and not force:
         print(f"{name:<18} skipped (already built; --force to rebuild)", flush=True)
         return
-    start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700; the final folder should be readable like any other
-    old: Path | None = None
-    try:
-        info = write_model(name, tmp, size)
-        if final.exists():  # incomplete leftover, or --force: move aside, then swap in
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=out))
-            os.replace(final, old / name)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not final.exists() and (old / name).exists():
-            os.replace(old / name, final)  # put the previous build back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    took = time.perf_counter() - start
+    info, took = build_atomically(name, out, lambda folder: write_model(name, folder, size))
     print(f"{name:<18} {info['keys']:4d} checkpoint variables, "
           f"{info['params'] / 1e6:6.2f} M params, {info['mb']:6.1f} MB, "
           f"{info['bn']:2d} BN calibrated, {info['conv_rescaled']:2d} convs rescaled "
