@@ -301,9 +301,10 @@ class Translator:
         x = self.graph.get_operation_by_name(f"{scope}/transpose").inputs[0]
         variables = sorted(v.name for v in self.graph.get_operations()
                            if v.type in VARIABLE_OPS and v.name.startswith(scope + "/"))
-        kernels = [v for v in variables if v.endswith("/kernel") and not v.endswith(("gates/kernel", "candidate/kernel"))]
+        kernels = [v for v in variables
+                   if v.endswith("/kernel") and not v.endswith(("gates/kernel", "candidate/kernel"))]
         gates = [v for v in variables if v.endswith("/gates/kernel")]
-        if len(kernels) + len(gates) != 1 or any(_optimizer_slot(v) for v in variables if v in kernels):
+        if len(kernels) + len(gates) != 1:
             raise _Unsupported("dynamic_rnn(cell)", op.name)
         if gates:
             cell = gates[0].removesuffix("/gates/kernel")
@@ -340,7 +341,8 @@ class Translator:
             if op.get_attr("transpose_a"):
                 raise _Unsupported("MatMul(transpose_a)", op.name)
             units = shape[0] if op.get_attr("transpose_b") else shape[1]
-            self.bind(kernel_var, f"{name}/kernel", {"transpose": {"perm": [1, 0]}} if op.get_attr("transpose_b") else None)
+            transposed = {"transpose": {"perm": [1, 0]}} if op.get_attr("transpose_b") else None
+            self.bind(kernel_var, f"{name}/kernel", transposed)
             config = {"class": "Dense", "units": units}
         else:
             if op.get_attr("data_format").decode() != "NHWC":

@@ -19,7 +19,8 @@ def summary_row(model: str, status: str, failed_stage: str | None, durations: di
         worst = max((o["max_abs_err"] for o in outputs), default=None)
         worst_rel = max((o["norm_rel_err"] for o in outputs), default=None)
     return {"model": model, "status": status, "failed_stage": failed_stage or "", "coverage": coverage,
-            "worst_abs_err": worst, "worst_rel_err": worst_rel, "seconds": round(sum(durations.values()), 2), "export": export or "",
+            "worst_abs_err": worst, "worst_rel_err": worst_rel, "seconds": round(sum(durations.values()), 2),
+            "export": export or "",
             "error": "" if error is None else str(error)[:300]}
 
 
