@@ -30,10 +30,12 @@ def write_savedmodel(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict
         out = out if isinstance(out, (list, tuple)) else [out]
         return {name: tensor for name, tensor in zip(names, out)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SIGNATURE, tf.function(serve, input_signature=specs))
-    archive.write_out(str(path), verbose=False)
+    # A plain tf.Module tracking the backend variables once. (keras.export.ExportArchive also tracks
+    # the Keras wrappers, so it writes every variable twice: a SavedModel twice the weights' size.)
+    module = tf.Module()
+    module.variables_ = [w.value for w in model.weights]
+    module.serve = tf.function(serve, input_signature=specs)
+    tf.saved_model.save(module, str(path), signatures={SIGNATURE: module.serve})
 
 
 def call_savedmodel(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

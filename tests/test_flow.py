@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from ferry.cli import main
@@ -86,6 +87,10 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
         assert sorted(got) == [output[name]]
         np.testing.assert_allclose(got[output[name]], want[output[name]], atol=1e-5, rtol=1e-5)
     assert not [p for p in (catalogue.parent.parent / "exports").iterdir() if p.name.startswith(".")]
+    # each weight is written once (6 for the CNN: two convs and a dense, kernel + bias each)
+    saved = [k for k, _ in tf.train.list_variables(str(cat.specs["mnist_cnn"].export.dir / "variables" / "variables"))
+             if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(saved) == 6
 
 
 def test_one_failing_model_does_not_stop_the_others(catalogue):
