@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
 from ferry.paths import work_dir
@@ -109,15 +111,19 @@ def migrate_catalogue(catalogue: str = "specs/catalogue.yaml", only: list[str] |
     cat = load_catalogue(path, only=only)
     parent = start_catalogue_run(path, cat.tracking.experiment, f"{path.stem} {datetime.now():%Y-%m-%d %H:%M}")
     rows = [_record_invalid_spec(parent, file, problems) for file, problems in cat.problems.items()]
-    for i, name in enumerate(cat.specs, 1):
-        logger.info("model %d/%d: %s", i, len(cat.specs), name)
+    total = len(rows) + len(cat.specs)
+    for name in cat.specs:
+        logger.info("model %d/%d: %s", len(rows) + 1, total, name)
         state = migrate_model(str(path), name, parent.run_id, return_state=True)
         outcome = state.result(raise_on_failure=False)
         if isinstance(outcome, BaseException):
             outcome = getattr(outcome, "row", None) or summary_row(name, "failed", "flow", {}, None, None, outcome)
         rows.append(outcome)
+        failed = sum(r["status"] != "passed" for r in rows)
+        logger.info("progress: %d/%d models done, %d passed, %d failed", len(rows), total, len(rows) - failed, failed)
     parent.table({k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}, "summary.json")
     parent.text(format_summary(rows), "summary.txt")
+    create_table_artifact(rows, key=artifact_key(cat.path), description=f"ferry migration summary of {cat.path}")
     parent.metrics({"models.passed": sum(r["status"] == "passed" for r in rows), "models.total": len(rows)})
     ok = all(r["status"] == "passed" for r in rows)
     parent.tags({"status": "passed" if ok else "failed"})
@@ -126,6 +132,11 @@ def migrate_catalogue(catalogue: str = "specs/catalogue.yaml", only: list[str] |
     if not ok:
         raise CatalogueFailed(rows)
     return rows
+
+
+def artifact_key(catalogue: Path) -> str:
+    """The Prefect artifact key of a catalogue's summary (lowercase letters, digits and dashes)."""
+    return "ferry-summary-" + re.sub(r"[^a-z0-9-]+", "-", catalogue.stem.lower()).strip("-")
 
 
 def _record_invalid_spec(parent: Run, file: str, problems) -> dict[str, Any]:
