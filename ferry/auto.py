@@ -55,12 +55,11 @@ class Dead(Exception):
 
 @dataclass
 class Translation:
-    """The derived architecture: graph nodes, outputs, name-map rules and the keys left out."""
+    """The derived architecture: graph nodes, outputs, and the name-map rules binding every variable read."""
 
     nodes: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     rules: list[dict[str, Any]] = field(default_factory=list)
-    read: list[str] = field(default_factory=list)  # variables the inference graph reads
 
     def architecture(self) -> dict[str, Any]:
         return {"graph": {"nodes": self.nodes, "outputs": self.outputs}}
@@ -191,7 +190,6 @@ class Translator:
         if transform:
             rule["transform"] = transform
         self.out.rules.append(rule)
-        self.out.read.append(var)
 
     def emit(self, op: tf.Operation, tensor: tf.Tensor) -> str:  # noqa: C901 - one dispatch table
         t = op.type
@@ -324,7 +322,6 @@ class Translator:
             raise _Unsupported("dynamic_rnn(cell with " + ", ".join(extra) + ")", op.name)
         name = layer_name(cell)
         self.out.rules.append({"from": cell, "to": f"{name}/{keras_cell}", "match": "exact", "transform": transform})
-        self.out.read += [f"{cell}/{p}" for p in parts]
         return self.add(name, [self.node(x)], **config, units=units, return_sequences=True)
 
     def linear(self, op: tf.Operation, bias: tf.Operation | None, x: tf.Tensor | None = None) -> str:

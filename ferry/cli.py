@@ -51,18 +51,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Show what a `.meta` graph holds: inputs, outputs, variables, ops, training-only parts."""
     from ferry.inventory import build_inventory, format_inventory
 
-    from ferry.auto import UnsupportedGraph, translate
-    from ferry.draft import serving_name
+    from ferry.auto import unsupported_ops
+    from ferry.draft import guess_signature
     from ferry.inventory import load_graph
 
     inventory = build_inventory(Path(args.meta))
-    inputs = {serving_name(p["name"]): p["tensor"] for p in inventory["placeholders"]}
-    outputs = {serving_name(o["name"]): o["tensor"] for o in inventory["outputs"]}
-    try:
-        translate(load_graph(Path(args.meta)), inputs, outputs, args.meta)
-        inventory["auto"] = {"supported": True, "unsupported_ops": {}}
-    except UnsupportedGraph as exc:
-        inventory["auto"] = {"supported": False, "unsupported_ops": exc.found}
+    unsupported = unsupported_ops(load_graph(Path(args.meta)), *guess_signature(inventory))
+    inventory["auto"] = {"supported": not unsupported, "unsupported_ops": unsupported}
     if args.json:
         print(json.dumps(inventory, indent=1))
         return 0

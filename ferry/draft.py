@@ -21,6 +21,13 @@ def serving_name(op_name: str) -> str:
     return name if re.match(r"[A-Za-z_]", name) else f"t_{name}"
 
 
+def guess_signature(inventory: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """(inputs, outputs) as serving name -> tensor: the placeholders, and the ops nothing reads."""
+    inputs = {serving_name(p["name"]): p["tensor"] for p in inventory["placeholders"]}
+    outputs = {serving_name(o["name"]): o["tensor"] for o in inventory["outputs"]}
+    return inputs, outputs
+
+
 def _flow(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip()
 
@@ -30,8 +37,7 @@ def draft_spec(meta: Path, out: Path, name: str | None = None, shards: str | Non
     one exact name-map rule per variable; paths relative to `out`."""
     meta, out = Path(meta).resolve(), Path(out).resolve()
     inventory = build_inventory(meta)
-    inputs = {serving_name(p["name"]): p["tensor"] for p in inventory["placeholders"]}
-    outputs = {serving_name(o["name"]): o["tensor"] for o in inventory["outputs"]}
+    inputs, outputs = guess_signature(inventory)
     if not inputs or not outputs:
         raise ValueError(f"{meta}: cannot guess the graph's inputs ({list(inputs)}) and outputs ({list(outputs)})")
     derived = translate(load_graph(meta), inputs, outputs, str(meta))

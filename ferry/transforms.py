@@ -215,26 +215,30 @@ def _attention_heads(sources: list[np.ndarray], target_shapes: list[Shape],
 # Recurrent cells
 
 
-def _lstm_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
-    """(input size, units), after checking every shape of the lstm transform."""
-    _expect_counts("lstm", sources, target_shapes, 2, 3)
-    kernel, bias = sources
-    t_kernel, t_recurrent, t_bias = (tuple(t) for t in target_shapes)
+def _cell_dims(name: str, sources: list[np.ndarray], target_shapes: list[Shape], n_sources: int,
+               want: Callable[[int, int], dict[str, tuple[Shape, Shape]]], what: str) -> tuple[int, int]:
+    """(input size, units) of a recurrent cell, read from the Keras targets (kernel, recurrent_kernel,
+    bias); every shape in `want(n_in, units)` (label -> (got, expected)) must agree, else TransformError."""
+    _expect_counts(name, sources, target_shapes, n_sources, 3)
+    t_kernel, t_recurrent = tuple(target_shapes[0]), tuple(target_shapes[1])
     units = t_recurrent[0] if len(t_recurrent) == 2 else -1
     n_in = t_kernel[0] if len(t_kernel) == 2 else -1
-    want = {
-        "target kernel": (t_kernel, (n_in, 4 * units)),
-        "target recurrent_kernel": (t_recurrent, (units, 4 * units)),
-        "target bias": (t_bias, (4 * units,)),
-        "source kernel": (tuple(kernel.shape), (n_in + units, 4 * units)),
-        "source bias": (tuple(bias.shape), (4 * units,)),
-    }
-    wrong = [f"{label} {list(w)} (got {list(g)})" for label, (g, w) in want.items() if g != w]
+    wrong = [f"{label} {list(w)} (got {list(g)})" for label, (g, w) in want(n_in, units).items() if g != w]
     if units <= 0 or n_in <= 0 or wrong:
-        raise _fail("lstm", sources, target_shapes,
-                    f"TF1 LSTMCell kernel [input + units, 4*units] and bias [4*units] for a Keras "
-                    f"LSTM with input {n_in} and units {units}: {'; '.join(wrong) or 'no units'}")
+        raise _fail(name, sources, target_shapes,
+                    f"{what} with input {n_in} and units {units}: {'; '.join(wrong) or 'no units'}")
     return n_in, units
+
+
+def _lstm_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
+    """(input size, units), after checking every shape of the lstm transform."""
+    return _cell_dims("lstm", sources, target_shapes, 2, lambda n_in, units: {
+        "target kernel": (tuple(target_shapes[0]), (n_in, 4 * units)),
+        "target recurrent_kernel": (tuple(target_shapes[1]), (units, 4 * units)),
+        "target bias": (tuple(target_shapes[2]), (4 * units,)),
+        "source kernel": (tuple(sources[0].shape), (n_in + units, 4 * units)),
+        "source bias": (tuple(sources[1].shape), (4 * units,)),
+    }, "TF1 LSTMCell kernel [input + units, 4*units] and bias [4*units] for a Keras LSTM")
 
 
 def _lstm(sources: list[np.ndarray], target_shapes: list[Shape],
@@ -264,25 +268,15 @@ def _lstm(sources: list[np.ndarray], target_shapes: list[Shape],
 
 def _gru_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
     """(input size, units), after checking every shape of the gru transform."""
-    _expect_counts("gru", sources, target_shapes, 4, 3)
-    t_kernel, t_recurrent, t_bias = (tuple(t) for t in target_shapes)
-    units = t_recurrent[0] if len(t_recurrent) == 2 else -1
-    n_in = t_kernel[0] if len(t_kernel) == 2 else -1
-    want = {
-        "target kernel": (t_kernel, (n_in, 3 * units)),
-        "target recurrent_kernel": (t_recurrent, (units, 3 * units)),
-        "target bias (reset_after=False)": (t_bias, (3 * units,)),
+    return _cell_dims("gru", sources, target_shapes, 4, lambda n_in, units: {
+        "target kernel": (tuple(target_shapes[0]), (n_in, 3 * units)),
+        "target recurrent_kernel": (tuple(target_shapes[1]), (units, 3 * units)),
+        "target bias (reset_after=False)": (tuple(target_shapes[2]), (3 * units,)),
         "source gates/kernel": (tuple(sources[0].shape), (n_in + units, 2 * units)),
         "source gates/bias": (tuple(sources[1].shape), (2 * units,)),
         "source candidate/kernel": (tuple(sources[2].shape), (n_in + units, units)),
         "source candidate/bias": (tuple(sources[3].shape), (units,)),
-    }
-    wrong = [f"{label} {list(w)} (got {list(g)})" for label, (g, w) in want.items() if g != w]
-    if units <= 0 or n_in <= 0 or wrong:
-        raise _fail("gru", sources, target_shapes,
-                    f"TF1 GRUCell weights for a Keras GRU(reset_after=False) with input {n_in} "
-                    f"and units {units}: {'; '.join(wrong) or 'no units'}")
-    return n_in, units
+    }, "TF1 GRUCell weights for a Keras GRU(reset_after=False)")
 
 
 def _gru(sources: list[np.ndarray], target_shapes: list[Shape],
