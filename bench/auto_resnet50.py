@@ -70,10 +70,10 @@ def timed(fn):
 def ferry_route(spec, work: Path) -> dict[str, float]:
     stages = work / "stages"
     stages.mkdir(exist_ok=True)
-    inventory, t_inspect = timed(lambda: inspect_graph.fn(spec, stages))
-    info, t_reconstruct = timed(lambda: reconstruct.fn(spec, inventory))
-    restored, t_restore = timed(lambda: restore_weights.fn(spec, info, stages))
-    _, t_export = timed(lambda: export_savedmodel.fn(spec, info, restored["weights"], spec.shard_paths()[0]))
+    inventory, t_inspect = timed(lambda: inspect_graph(spec, stages))
+    info, t_reconstruct = timed(lambda: reconstruct(spec, inventory))
+    restored, t_restore = timed(lambda: restore_weights(spec, info, stages))
+    _, t_export = timed(lambda: export_savedmodel(spec, info, restored["weights"], spec.shard_paths()[0]))
     return {"inspect": t_inspect, "reconstruct": t_reconstruct, "restore": t_restore, "export": t_export}
 
 

@@ -11,6 +11,7 @@ import ferry
 from ferry.spec import SpecError, load_catalogue
 
 DEFAULT_CATALOGUE = "specs/catalogue.yaml"
+STAGES = ("inspect", "reconstruct", "restore", "verify", "export")  # tasks.stages.STAGES, without importing Prefect
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -33,7 +34,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Migrate the catalogue (or the --only models) and print the summary."""
     from flows.migrate import CatalogueFailed, migrate_catalogue
 
-    state = migrate_catalogue(str(Path(args.catalogue).resolve()), args.only or None, return_state=True)
+    state = migrate_catalogue(str(Path(args.catalogue).resolve()), args.only or None, force=args.force or bool(args.stage),
+                              force_stage=args.stage, max_parallel=args.max_parallel, dask=args.dask,
+                              return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, CatalogueFailed):
         print(f"ferry: {outcome}", file=sys.stderr)
@@ -88,6 +91,12 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="migrate every model of a catalogue")
     run.add_argument("catalogue", nargs="?", default=DEFAULT_CATALOGUE)
     run.add_argument("--only", action="append", metavar="NAME", help="migrate only this model (repeatable)")
+    run.add_argument("--force", action="store_true", help="recompute every stage instead of taking cached results")
+    run.add_argument("--stage", choices=STAGES, help="with --force: recompute this stage and the ones after it")
+    run.add_argument("--max-parallel", type=int, metavar="N", help="models at once (default: the catalogue's "
+                     "run.max_parallel)")
+    run.add_argument("--dask", metavar="ADDRESS", help="fan models out over a Dask cluster: tcp://HOST:8786, or "
+                     "local:N for N local worker processes")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a catalogue and its specs")
     val.add_argument("catalogue", nargs="?", default=DEFAULT_CATALOGUE)

@@ -33,6 +33,10 @@ FLOATS = {"float16", "bfloat16", "float32", "float64"}
 Shape = tuple[int, ...]
 
 
+class RestoreError(ValueError):
+    """The name map does not restore the model completely and consistently."""
+
+
 @dataclass(frozen=True)
 class Tensor:
     """A checkpoint key or a model weight: shape and dtype name."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ferry.paths import write_atomically
 from ferry.spec import Tolerance
 
 
@@ -41,3 +44,30 @@ def compare(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> dic
     if reference.ndim >= 2 and reference.shape[-1] > 1:
         result["argmax_agreement"] = float(np.mean(np.argmax(cand, -1) == np.argmax(ref, -1)))
     return result
+
+
+class ParityError(AssertionError):
+    """A shard whose Keras outputs are out of tolerance; carries the shard's parity record."""
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+        worst = {name: out.get("error") or f"max abs err {out['max_abs_err']:.3g} (atol {out['atol']:g}, "
+                 f"rtol {out['rtol']:g})" for name, out in record["outputs"].items() if not out["passed"]}
+        super().__init__(f"shard {record['shard']} out of tolerance: {worst}")
+
+    def __reduce__(self):
+        return (ParityError, (self.record,))
+
+
+class VerificationFailed(AssertionError):
+    """The verify stage's verdict: some shards out of tolerance or not run."""
+
+
+def judge(records: list[dict[str, Any]], errors: list[str], report_path: Path) -> dict[str, Any]:
+    """Write the parity report over all shards; raise VerificationFailed if any shard failed."""
+    report = {"shards": records, "passed": not errors and all(r["passed"] for r in records)}
+    write_atomically(report_path, json.dumps(report, indent=1))
+    problems = [str(ParityError(r)) for r in records if not r["passed"]] + errors
+    if problems:
+        raise VerificationFailed("; ".join(problems))
+    return report

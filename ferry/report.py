@@ -8,19 +8,20 @@ from typing import Any
 
 
 def summary_row(model: str, status: str, failed_stage: str | None, durations: dict[str, float],
-                work: Path | None, export: str | None, error: object = None) -> dict[str, Any]:
-    """One model's row, reading coverage and worst error from the files its stages wrote."""
+                work: Path | None, export: str | None, error: object = None, cached: str = "") -> dict[str, Any]:
+    """One model's row, reading coverage and worst error from the files its stages wrote in this run
+    (`durations` names the stages attempted); `cached`: the stages taken from the cache (`all`)."""
     coverage = worst = worst_rel = None
-    if work and (work / "mapping.json").exists():
+    if work and "restore" in durations and (work / "mapping.json").exists():
         coverage = json.loads((work / "mapping.json").read_text())["coverage"]["model_weights"]
-    if work and (work / "parity.json").exists():
+    if work and "verify" in durations and (work / "parity.json").exists():
         outputs = [o for shard in json.loads((work / "parity.json").read_text())["shards"]
                    for o in shard["outputs"].values() if "max_abs_err" in o]
         worst = max((o["max_abs_err"] for o in outputs), default=None)
         worst_rel = max((o["norm_rel_err"] for o in outputs), default=None)
     return {"model": model, "status": status, "failed_stage": failed_stage or "", "coverage": coverage,
             "worst_abs_err": worst, "worst_rel_err": worst_rel, "seconds": round(sum(durations.values()), 2),
-            "export": export or "",
+            "cached": cached, "export": export or "",
             "error": "" if error is None else str(error)[:300]}
 
 
@@ -36,7 +37,7 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
             return f"{value:.2e}"
         return str(value)
 
-    keys = ["model", "status", "failed_stage", "coverage", "worst_abs_err", "worst_rel_err", "seconds"]
+    keys = ["model", "status", "failed_stage", "coverage", "worst_abs_err", "worst_rel_err", "seconds", "cached"]
     widths = {k: max(len(k), *(len(cell(r, k)) for r in rows)) if rows else len(k) for k in keys}
     lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
     for row in rows:

@@ -295,12 +295,32 @@ class Tracking(_Strict):
     experiment: str = "ferry"
 
 
+class StageTimeouts(_Strict):
+    """Seconds each stage may run before its model's process is stopped (verify: per shard)."""
+
+    inspect: float = Field(600, gt=0)
+    reconstruct: float = Field(1800, gt=0)
+    restore: float = Field(3600, gt=0)
+    verify: float = Field(3600, gt=0)
+    export: float = Field(3600, gt=0)
+
+
+class RunSettings(_Strict):
+    """How a catalogue run executes: models at once, per-stage timeouts, memory, devices."""
+
+    max_parallel: int = Field(2, ge=1, description="models migrated at once (each in its own process)")
+    timeouts: StageTimeouts = Field(default_factory=StageTimeouts)
+    memory_limit_mb: int | None = Field(None, gt=0, description="stop a model's process above this memory")
+    cpu_devices: int | None = Field(None, ge=1, description="with no GPU, split the CPU into N logical devices")
+
+
 class CatalogueFile(_Strict):
     """The catalogue file itself."""
 
     defaults: dict[str, Any] = Field(default_factory=dict)
     models: list[str] = Field(min_length=1, description="spec file globs, relative to the catalogue")
     tracking: Tracking = Field(default_factory=Tracking)
+    run: RunSettings = Field(default_factory=RunSettings)
     factory_modules: list[str] = Field(
         default_factory=list, description="module prefixes `architecture.factory` may import from")
 
@@ -310,6 +330,7 @@ class Catalogue(BaseModel):
 
     path: Path
     tracking: Tracking
+    run: RunSettings = Field(default_factory=RunSettings)
     specs: dict[str, ModelSpec]
     problems: dict[str, list[Problem]] = Field(default_factory=dict, description="spec file -> problems")
 
@@ -478,7 +499,7 @@ def load_catalogue(path: Path, only: list[str] | None = None, check_files: bool 
                 f"no such model in the catalogue; known: {', '.join(sorted(names))}"), value=", ".join(missing))])
         specs = {n: s for n, s in specs.items() if n in only}
         problems = {f: p for f, p in problems.items() if spec_name_hint(Path(f)) in only}
-    return Catalogue(path=path, tracking=cat.tracking, specs=specs, problems=problems)
+    return Catalogue(path=path, tracking=cat.tracking, run=cat.run, specs=specs, problems=problems)
 
 
 def spec_name_hint(file: Path) -> str:

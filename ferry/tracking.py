@@ -103,9 +103,13 @@ def attach_run(catalogue: Path, run_id: str) -> Run:
 class StageFailed(Exception):
     """A model's migration stopped at `stage`; the message says why."""
 
-    def __init__(self, model: str, stage: str, cause: BaseException | str):
+    def __init__(self, model: str, stage: str, cause: BaseException | str, row: dict[str, Any] | None = None):
         self.model, self.stage, self.cause = model, stage, str(cause)
+        self.row = row  # the model's summary row, once known
         super().__init__(f"{model}: failed at {stage}: {cause}")
+
+    def __reduce__(self):  # survives pickling (a Dask worker sends it back), row included
+        return (StageFailed, (self.model, self.stage, self.cause, self.row))
 
 
 class ModelRecord:
@@ -131,8 +135,8 @@ class ModelRecord:
             self.durations[name] = time.perf_counter() - start
             self.run.metrics({f"duration.{name}": self.durations[name]})
 
-    def finish(self, ok: bool, error: str | None = None) -> None:
-        tags = {"status": "passed" if ok else "failed", "failed_stage": self.failed_stage or ""}
+    def finish(self, ok: bool, error: str | None = None, tags: dict[str, Any] | None = None) -> None:
+        tags = {"status": "passed" if ok else "failed", "failed_stage": self.failed_stage or "", **(tags or {})}
         if error:
             tags["error"] = error[:5000]
         self.run.tags(tags)

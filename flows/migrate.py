@@ -1,27 +1,34 @@
-"""The flows: one model (inspect → reconstruct → restore → verify per shard → export), and a catalogue."""
+"""The flows: a catalogue (the nightly bulk run) and one model (on demand), over the same model task.
+
+Each model is one Prefect task that runs the stages (inspect → reconstruct → restore → verify per
+shard → export) in the model's own process; models run concurrently, up to `run.max_parallel`, on
+threads here or, with `dask`, on the workers of a Dask cluster.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.futures import wait
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from ferry.isolation import ModelProcess
+from ferry.parity import ParityError, judge
 from ferry.paths import work_dir
 from ferry.report import format_summary, summary_row
-from ferry.spec import load_catalogue, spec_name_hint
+from ferry.spec import Catalogue, load_catalogue, spec_name_hint
 from ferry.tracking import ModelRecord, Run, StageFailed, attach_run, start_catalogue_run, start_model_run
-from tasks.export import export_savedmodel
-from tasks.inspect import inspect_graph
-from tasks.reconstruct import reconstruct
-from tasks.restore import restore_weights
-from tasks.verify import ParityError, judge, verify_shard
+from tasks.stages import STAGES, ModelRun, forced_stages
 
 
 class CatalogueFailed(RuntimeError):
@@ -32,106 +39,184 @@ class CatalogueFailed(RuntimeError):
         failed = [f"{r['model']} at {r['failed_stage']}" for r in rows if r["status"] != "passed"]
         super().__init__(f"{len(failed)} of {len(rows)} models failed: {', '.join(failed)}")
 
-
-@flow(name="migrate-model", flow_run_name="migrate-{model}")
-def migrate_model(catalogue: str, model: str, parent_run_id: str) -> dict[str, Any]:
-    """Migrate one model of `catalogue`, logged as a child of MLflow run `parent_run_id`."""
-    spec = load_catalogue(Path(catalogue), only=[model]).specs[model]
-    run = start_model_run(attach_run(Path(catalogue), parent_run_id), model)
-    record = ModelRecord(run, model)
-    work = work_dir(Path(catalogue), model, fresh=True)
-    run.params(spec.model_dump(mode="json"))
-    run.artifact(spec.spec_file, "spec")
-    passed, error = False, None
-    try:
-        with record.stage("inspect"):
-            inventory = inspect_graph(spec, work)
-        with record.stage("reconstruct"):
-            model_info = reconstruct(spec, inventory)
-            run.metrics({"model.params": model_info["params"]})
-        with record.stage("restore"):
-            restored = restore_weights(spec, model_info, work)
-        with record.stage("verify"):
-            _verify(spec, model_info, restored["weights"], run, work)
-        with record.stage("export"):
-            exported = export_savedmodel(spec, model_info, restored["weights"], spec.shard_paths()[0])
-            run.artifact(Path(exported["path"]), "savedmodel")
-        passed = True
-        return summary_row(model, "passed", None, record.durations, work, exported["path"])
-    except StageFailed as exc:
-        error = str(exc)
-        exc.row = summary_row(model, "failed", exc.stage, record.durations, work, None, exc.cause)
-        raise
-    finally:
-        _log_stage_files(run, work)
-        record.finish(ok=passed, error=error)
-
-
-def _verify(spec, model_info: dict[str, Any], weights: str, run: Run, work: Path) -> dict[str, Any]:
-    """One task per shard; every shard's parity is logged (shard index as step) before judging."""
-    shards = spec.shard_paths()
-    futures = [verify_shard.submit(spec, model_info, weights, shard, i, len(shards)) for i, shard in enumerate(shards)]
-    wait(futures)
-    records, errors = [], []
-    for future in futures:
-        state = future.state
-        value = state.result(raise_on_failure=False)
-        if isinstance(value, ParityError):
-            value = value.record
-        if isinstance(value, BaseException):
-            errors.append(f"{type(value).__name__}: {value}")
-            continue
-        records.append(value)
-        for name, out in value["outputs"].items():
-            run.metrics({f"parity.{name}.{k}": v for k, v in out.items() if k in _PARITY_METRICS},
-                        step=value["index"])
-    return judge(records, errors, work / "parity.json")
-
-
-_PARITY_METRICS = ("max_abs_err", "mean_abs_err", "max_rel_err", "norm_rel_err", "argmax_agreement")
-
-
-def _log_stage_files(run: Run, work: Path) -> None:
-    """Log what the stages wrote: inventory, name map (as a table), parity report."""
-    if (work / "inventory.json").exists():
-        run.artifact(work / "inventory.json")
-    if (work / "mapping.json").exists():
-        mapping = json.loads((work / "mapping.json").read_text())
-        run.table(mapping["table"], "name_map.json")
-        run.metrics({f"coverage.{k}": v for k, v in mapping["coverage"].items()})
-    if (work / "parity.json").exists():
-        run.artifact(work / "parity.json")
+    def __reduce__(self):
+        return (CatalogueFailed, (self.rows,))
 
 
 @flow(name="migrate-catalogue")
-def migrate_catalogue(catalogue: str = "specs/catalogue.yaml", only: list[str] | None = None) -> list[dict[str, Any]]:
-    """Migrate every model of a catalogue; one failing model does not stop the others."""
+def migrate_catalogue(catalogue: str = "specs/catalogue.yaml", only: list[str] | None = None, force: bool = False,
+                      force_stage: str | None = None, max_parallel: int | None = None,
+                      dask: str | None = None) -> list[dict[str, Any]]:
+    """Migrate every model of a catalogue (or the `only` ones); one failing model does not stop the others.
+
+    `force` recomputes every stage (`force_stage`: that stage and the ones after it) instead of taking
+    cached results; `max_parallel` overrides the catalogue's `run.max_parallel`; `dask` fans the models
+    out over a Dask cluster (`tcp://HOST:8786`, or `local:N` for N local worker processes)."""
+    return run_catalogue(catalogue, only, force, force_stage, max_parallel, dask)
+
+
+@flow(name="migrate-model", flow_run_name="migrate-{model}")
+def migrate_model(model: str, catalogue: str = "specs/catalogue.yaml", force: bool = False,
+                  force_stage: str | None = None) -> dict[str, Any]:
+    """Migrate one model of a catalogue (the on-demand deployment)."""
+    return run_catalogue(catalogue, [model], force, force_stage)[0]
+
+
+def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = False, force_stage: str | None = None,
+                  max_parallel: int | None = None, dask: str | None = None) -> list[dict[str, Any]]:
+    """Run the models' tasks, log progress as they finish, end with the summary (printed, a Prefect
+    table artifact, the parent MLflow run); raise CatalogueFailed naming each failed model and stage."""
     logger = get_run_logger()
+    forced_stages(force, force_stage)  # a bad stage name fails before any work
     path = Path(catalogue).resolve()
     cat = load_catalogue(path, only=only)
     parent = start_catalogue_run(path, cat.tracking.experiment, f"{path.stem} {datetime.now():%Y-%m-%d %H:%M}")
     rows = [_record_invalid_spec(parent, file, problems) for file, problems in cat.problems.items()]
     total = len(rows) + len(cat.specs)
-    for name in cat.specs:
-        logger.info("model %d/%d: %s", len(rows) + 1, total, name)
-        state = migrate_model(str(path), name, parent.run_id, return_state=True)
-        outcome = state.result(raise_on_failure=False)
-        if isinstance(outcome, BaseException):
-            outcome = getattr(outcome, "row", None) or summary_row(name, "failed", "flow", {}, None, None, outcome)
-        rows.append(outcome)
-        failed = sum(r["status"] != "passed" for r in rows)
-        logger.info("progress: %d/%d models done, %d passed, %d failed", len(rows), total, len(rows) - failed, failed)
+    with _task_runner(dask, max_parallel or cat.run.max_parallel) as runner:
+        futures = {runner.submit(migrate_one, {"catalogue": str(path), "model": name, "parent_run_id": parent.run_id,
+                                               "force": force, "force_stage": force_stage}): name
+                   for name in cat.specs}
+        for future in as_completed(list(futures)):
+            outcome = future.result(raise_on_failure=False)
+            if isinstance(outcome, BaseException):
+                outcome = getattr(outcome, "row", None) or summary_row(futures[future], "failed", "setup", {}, None,
+                                                                       None, outcome)
+            rows.append(outcome)
+            logger.info("%s: %s%s — %s", outcome["model"], outcome["status"],
+                        f" at {outcome['failed_stage']}" if outcome["failed_stage"] else "", progress(rows, total))
+    order = {name: i for i, name in enumerate([spec_name_hint(Path(f)) for f in cat.problems] + list(cat.specs))}
+    rows.sort(key=lambda r: order.get(r["model"], len(order)))
+    _finish_catalogue(parent, cat, rows)
+    if any(r["status"] != "passed" for r in rows):
+        raise CatalogueFailed(rows)
+    return rows
+
+
+def progress(rows: list[dict[str, Any]], total: int) -> str:
+    """`3/7 models done: 2 passed (1 cached), 1 failed`."""
+    failed = sum(r["status"] != "passed" for r in rows)
+    cached = sum(r["status"] == "passed" and r.get("cached") == "all" for r in rows)
+    return f"{len(rows)}/{total} models done: {len(rows) - failed} passed ({cached} cached), {failed} failed"
+
+
+def _task_runner(dask: str | None, max_parallel: int) -> TaskRunner:
+    """Threads here (each model's TensorFlow work is in its own process anyway), or a Dask cluster."""
+    if not dask:
+        return ThreadPoolTaskRunner(max_workers=max_parallel)
+    from prefect_dask import DaskTaskRunner
+
+    if dask.startswith("local:"):
+        workers = int(dask.removeprefix("local:"))
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": max_parallel,
+                                              "processes": True})
+    return DaskTaskRunner(address=dask)
+
+
+@task(name="migrate-model", task_run_name="migrate-{model}", cache_policy=NO_CACHE, persist_result=False)
+def migrate_one(catalogue: str, model: str, parent_run_id: str, force: bool = False,
+                force_stage: str | None = None) -> dict[str, Any]:
+    """Migrate one model in its own process; its MLflow run is a child of `parent_run_id`."""
+    cat = load_catalogue(Path(catalogue), only=[model])
+    spec = cat.specs[model]
+    run = start_model_run(attach_run(Path(catalogue), parent_run_id), model)
+    record = ModelRecord(run, model)
+    work = work_dir(Path(catalogue), model)
+    run.params(spec.model_dump(mode="json"))
+    run.artifact(spec.spec_file, "spec")
+    settings = cat.run
+    process = ModelProcess(model, settings.cpu_devices, settings.memory_limit_mb)
+    stages = ModelRun(spec, work, process, settings.timeouts, forced_stages(force, force_stage))
+    exported, error = None, None
+    try:
+        with process:
+            with record.stage("inspect"):
+                inspected = stages.run("inspect", str(work))
+            with record.stage("reconstruct"):
+                info = stages.run("reconstruct", inspected)
+                run.metrics({"model.params": info["params"]})
+            with record.stage("restore"):
+                restored = stages.run("restore", info, str(work), upstream=(inspected,))
+            with record.stage("verify"):
+                _verify(stages, info, restored, run, work)
+            with record.stage("export"):
+                exported = stages.run("export", info, restored["weights"], str(spec.shard_paths()[0]),
+                                      upstream=(restored,))
+                run.artifact(Path(exported["path"]), "savedmodel")
+    except StageFailed as exc:
+        error = exc
+    cached = _cached(stages.states)
+    record.finish(ok=error is None, error=str(error) if error else None, tags={"cached_stages": cached})
+    _log_stage_files(run, work, record.durations)
+    row = summary_row(model, "passed" if error is None else "failed", record.failed_stage, record.durations, work,
+                      exported["path"] if exported else None, error.cause if error else None, cached)
+    if error is not None:
+        error.row = row
+        raise error
+    return row
+
+
+def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], run: Run, work: Path) -> None:
+    """One task per shard, run concurrently in the model's process; every shard's parity is logged
+    (shard index as step) before judging."""
+    shards = stages.spec.shard_paths()
+    if not shards:
+        raise ValueError(f"{stages.spec.spec_file}: verify.shards: no file matches {stages.spec.verify.shards!r}")
+    def one(index: int, shard: Path) -> Any:
+        try:
+            return stages.run("verify", info, restored["weights"], str(shard), index, upstream=(restored,),
+                              label=f"verify-shard-{index}")
+        except ParityError as exc:
+            return exc.record
+        except Exception as exc:  # noqa: BLE001 - the verdict lists every shard's error
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(shards)) as pool:  # each shard in a copy of this run's context
+        outcomes = [f.result() for f in [pool.submit(copy_context().run, one, i, s) for i, s in enumerate(shards)]]
+    records = [o for o in outcomes if isinstance(o, dict)]
+    errors = [f"shard {i}: {type(o).__name__}: {o}" for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+    for record in records:
+        for name, out in record["outputs"].items():
+            run.metrics({f"parity.{name}.{k}": v for k, v in out.items() if k in _PARITY_METRICS},
+                        step=record["index"])
+    judge(records, errors, work / "parity.json")
+
+
+_PARITY_METRICS = ("max_abs_err", "mean_abs_err", "max_rel_err", "norm_rel_err", "argmax_agreement")
+
+
+def _cached(states: dict[str, str]) -> str:
+    """Which stage tasks were taken from the cache: `all`, none (``), or their labels."""
+    cached = [label for label, state in states.items() if state == "Cached"]
+    if cached and len(cached) == len(states) and "export" in states:
+        return "all"
+    return ",".join(cached)
+
+
+def _log_stage_files(run: Run, work: Path, attempted: dict[str, float]) -> None:
+    """Log what this run's stages wrote (files of stages not reached may be an earlier run's)."""
+    if "inspect" in attempted and (work / "inventory.json").exists():
+        run.artifact(work / "inventory.json")
+    if "restore" in attempted and (work / "mapping.json").exists():
+        mapping = json.loads((work / "mapping.json").read_text())
+        run.table(mapping["table"], "name_map.json")
+        run.metrics({f"coverage.{k}": v for k, v in mapping["coverage"].items()})
+    if "verify" in attempted and (work / "parity.json").exists():
+        run.artifact(work / "parity.json")
+
+
+def _finish_catalogue(parent: Run, cat: Catalogue, rows: list[dict[str, Any]]) -> None:
+    """The summary: printed, a Prefect table artifact, and the parent MLflow run's table and status."""
+    get_run_logger().info("summary\n%s", format_summary(rows))
     parent.table({k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}, "summary.json")
     parent.text(format_summary(rows), "summary.txt")
     create_table_artifact(rows, key=artifact_key(cat.path), description=f"ferry migration summary of {cat.path}")
-    parent.metrics({"models.passed": sum(r["status"] == "passed" for r in rows), "models.total": len(rows)})
-    ok = all(r["status"] == "passed" for r in rows)
+    passed = sum(r["status"] == "passed" for r in rows)
+    parent.metrics({"models.passed": passed, "models.total": len(rows),
+                    "models.cached": sum(r.get("cached") == "all" for r in rows)})
+    ok = passed == len(rows)
     parent.tags({"status": "passed" if ok else "failed"})
     parent.end(ok)
-    logger.info("summary\n%s", format_summary(rows))
-    if not ok:
-        raise CatalogueFailed(rows)
-    return rows
 
 
 def artifact_key(catalogue: Path) -> str:
@@ -147,3 +232,6 @@ def _record_invalid_spec(parent: Run, file: str, problems) -> dict[str, Any]:
     run.tags({"status": "failed", "failed_stage": "spec"})
     run.end(False)
     return summary_row(name, "failed", "spec", {}, None, None, "; ".join(str(p) for p in problems))
+
+
+__all__ = ["STAGES", "CatalogueFailed", "migrate_catalogue", "migrate_model", "run_catalogue"]

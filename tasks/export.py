@@ -10,9 +10,8 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from ferry.cache import fingerprint
 from ferry.parity import compare
 from ferry.runtime import load_keras, load_shard, run_keras
 from ferry.spec import ModelSpec
@@ -56,7 +55,6 @@ def _move_into_place(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old)
 
 
-@task(name="export_savedmodel", cache_policy=NO_CACHE)
 def export_savedmodel(spec: ModelSpec, model_info: dict[str, Any], weights: str, shard: Path) -> dict[str, Any]:
     """Export to a temporary folder beside the target, reload and check it on `shard`, then move it in."""
     dest = Path(spec.export.dir)
@@ -78,4 +76,4 @@ def export_savedmodel(spec: ModelSpec, model_info: dict[str, Any], weights: str,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return {"path": str(dest), "checked_on": str(shard), "outputs": checks}
+    return {"path": str(dest), "checked_on": str(shard), "outputs": checks, "files": {str(dest): fingerprint(dest)}}

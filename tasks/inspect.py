@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from ferry.cache import fingerprint
 from ferry.inventory import build_inventory
+from ferry.paths import write_atomically
 from ferry.spec import ModelSpec
 
 
-@task(name="inspect_graph", cache_policy=NO_CACHE)
-def inspect_graph(spec: ModelSpec, work: Path) -> Path:
+def inspect_graph(spec: ModelSpec, work: Path | str) -> dict[str, Any]:
     """Import the spec's `.meta` into its own graph, check its declared tensors, write inventory.json."""
     inventory = build_inventory(spec.source.meta)
     tensors = {op["name"] for op in inventory["ops"]} | {p["name"] for p in inventory["placeholders"]}
@@ -23,5 +23,5 @@ def inspect_graph(spec: ModelSpec, work: Path) -> Path:
                 raise ValueError(f"{spec.spec_file}: source.{section}.{serving}: no op {tensor.split(':')[0]!r} "
                                  f"in the graph's inference part (got {tensor!r})")
     path = Path(work) / "inventory.json"
-    path.write_text(json.dumps(inventory, indent=1))
-    return path
+    write_atomically(path, json.dumps(inventory, indent=1))
+    return {"inventory": str(path), "files": {str(path): fingerprint(path)}}

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from ferry.graph_facts import graph_refs, resolve
 from ferry.inventory import load_graph
@@ -50,10 +48,9 @@ def graph_values(spec: ModelSpec) -> dict[str, dict[str, Any]]:
     return {name: resolve(graph, config, f"{spec.spec_file}: {where}") for where, name, config in named}
 
 
-@task(name="reconstruct", cache_policy=NO_CACHE)
-def reconstruct(spec: ModelSpec, inventory_path: Path) -> dict[str, Any]:
+def reconstruct(spec: ModelSpec, inspected: dict[str, Any]) -> dict[str, Any]:
     """Build the model once to check it; return its input signature, graph values and weight shapes."""
-    inventory = json.loads(Path(inventory_path).read_text())
+    inventory = json.loads(Path(inspected["inventory"]).read_text())
     info: dict[str, Any] = {"inputs": input_signature(spec, inventory), "graph_values": graph_values(spec)}
     if spec.architecture == "auto":
         derived = translate(load_graph(spec.source.meta), spec.source.inputs, spec.source.outputs,

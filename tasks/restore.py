@@ -9,22 +9,18 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from ferry.cache import fingerprint
 from ferry.graph_facts import graph_refs, resolve
 from ferry.inventory import load_graph
 from ferry.model import model_from_info, resolved, weight_paths
-from ferry.namemap import MappingPlan, Source, Tensor, plan_mapping
+from ferry.paths import write_atomically
+from ferry.namemap import MappingPlan, RestoreError, Source, Tensor, plan_mapping
 from ferry.spec import ModelSpec
 from ferry.transforms import TransformError, run_transform
 
 # Bookkeeping keys TF writes into checkpoints; never model state.
 METADATA_KEYS = {"_CHECKPOINTABLE_OBJECT_GRAPH"}
-
-
-class RestoreError(ValueError):
-    """The name map does not restore the model completely and consistently."""
 
 
 def checkpoint_tensors(reader, inventory_path: Path | None) -> dict[str, Tensor]:
@@ -74,8 +70,7 @@ def execute(plan: MappingPlan, reader, weights: dict[str, Any]) -> list[str]:
     return errors
 
 
-@task(name="restore_weights", cache_policy=NO_CACHE)
-def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path) -> dict[str, Any]:
+def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path | str) -> dict[str, Any]:
     """Assign checkpoint values to the Keras weights; write mapping.json and the restored weights file."""
     work = Path(work)
     reader = tf.train.load_checkpoint(str(spec.source.checkpoint_prefix))
@@ -92,7 +87,7 @@ def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path) -> 
 
     report = {"coverage": plan.coverage, "errors": plan.errors, "suggestions": plan.suggestions,
               "table": plan.table()}
-    (work / "mapping.json").write_text(json.dumps(report, indent=1))
+    write_atomically(work / "mapping.json", json.dumps(report, indent=1))
     if plan.errors:
         raise RestoreError(f"{spec.spec_file}: name_map: " + "\n".join(plan.errors))
 
@@ -100,4 +95,5 @@ def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path) -> 
     partial = work / "restored.partial.weights.h5"
     model.save_weights(partial)
     os.replace(partial, weights_file)
-    return {"weights": str(weights_file), "mapping": str(work / "mapping.json"), "coverage": plan.coverage}
+    return {"weights": str(weights_file), "mapping": str(work / "mapping.json"), "coverage": plan.coverage,
+            "files": {str(weights_file): fingerprint(weights_file)}}

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from ferry.parity import compare
+from ferry.parity import ParityError, compare
 from ferry.runtime import device_for, load_keras, load_shard, run_keras, run_tf1
 from ferry.spec import ModelSpec
 from tasks import stage_logger
-
-
-class ParityError(AssertionError):
-    """A shard whose Keras outputs are out of tolerance; carries the shard's parity record."""
-
-    def __init__(self, record: dict[str, Any]):
-        self.record = record
-        worst = {name: out.get("error") or f"max abs err {out['max_abs_err']:.3g} (atol {out['atol']:g}, "
-                 f"rtol {out['rtol']:g})" for name, out in record["outputs"].items() if not out["passed"]}
-        super().__init__(f"shard {record['shard']} out of tolerance: {worst}")
 
 
 def verify_shard_records(spec: ModelSpec, model_info: dict[str, Any], weights: str, shard: Path,
@@ -39,28 +25,13 @@ def verify_shard_records(spec: ModelSpec, model_info: dict[str, Any], weights: s
             "passed": all(o["passed"] for o in outputs.values()), "outputs": outputs}
 
 
-class VerificationFailed(AssertionError):
-    """The verify stage's verdict: some shards out of tolerance or not run."""
-
-
-def judge(records: list[dict[str, Any]], errors: list[str], report_path: Path) -> dict[str, Any]:
-    """Write the parity report over all shards; raise VerificationFailed if any shard failed."""
-    report = {"shards": records, "passed": not errors and all(r["passed"] for r in records)}
-    report_path.write_text(json.dumps(report, indent=1))
-    problems = [str(ParityError(r)) for r in records if not r["passed"]] + errors
-    if problems:
-        raise VerificationFailed("; ".join(problems))
-    return report
-
-
-@task(name="verify_shard", task_run_name="verify-shard-{index}", cache_policy=NO_CACHE)
-def verify_shard(spec: ModelSpec, model_info: dict[str, Any], weights: str, shard: Path, index: int,
-                 total: int) -> dict[str, Any]:
+def verify_shard(spec: ModelSpec, model_info: dict[str, Any], weights: str, shard: Path | str,
+                 index: int) -> dict[str, Any]:
     """Verify one shard; raise ParityError (carrying the record) when out of tolerance."""
     record = verify_shard_records(spec, model_info, weights, shard, index)
     worst = max(o.get("max_abs_err", float("inf")) for o in record["outputs"].values())
-    stage_logger().info("%s: shard %d/%d on %s %s (max abs err %.3g)", spec.name, index + 1, total,
-                          record["device"], "passed" if record["passed"] else "FAILED", worst)
+    stage_logger().info("%s: shard %d (%s) on %s %s (max abs err %.3g)", spec.name, index, Path(shard).name,
+                        record["device"], "passed" if record["passed"] else "FAILED", worst)
     if not record["passed"]:
         raise ParityError(record)
     return record

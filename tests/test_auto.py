@@ -111,8 +111,8 @@ def auto_spec(spec_path: Path, tmp_path: Path):
 @pytest.mark.parametrize("name", ZOO + SLIM + ["layers_bn_dropout"])
 def test_auto_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
     spec = auto_spec(draft(graphs[name], tmp_path, name), tmp_path)
-    info = reconstruct.fn(spec, inspect_graph.fn(spec, tmp_path))
-    restored = restore_weights.fn(spec, info, tmp_path)
+    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    restored = restore_weights(spec, info, tmp_path)
     assert restored["coverage"]["model_weights"] == 1.0  # every weight bound by construction
     for i, shard in enumerate(spec.shard_paths()[:2]):
         record = verify_shard_records(spec, info, restored["weights"], shard, i)
@@ -125,7 +125,7 @@ def test_auto_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
 
 def test_auto_layers_are_idiomatic_and_named_after_tf1_scopes(graphs, tmp_path):
     spec = auto_spec(draft(graphs["slim_resnet_v1"], tmp_path, "r"), tmp_path)
-    info = reconstruct.fn(spec, inspect_graph.fn(spec, tmp_path))
+    info = reconstruct(spec, inspect_graph(spec, tmp_path))
     nodes = {n["name"]: n for n in info["auto"]["architecture"]["graph"]["nodes"]}
     conv = nodes["resnet_v1.conv1"]
     assert conv["class"] == "Conv2D" and conv["use_bias"] is False and conv["kernel_size"] == [7, 7]
@@ -138,7 +138,7 @@ def test_auto_layers_are_idiomatic_and_named_after_tf1_scopes(graphs, tmp_path):
     assert rules["resnet_v1/conv1/BatchNorm/moving_variance"] == "resnet_v1.conv1.BatchNorm/moving_variance"
 
     spec = auto_spec(draft(graphs["text_lstm"], tmp_path, "t"), tmp_path)
-    info = reconstruct.fn(spec, inspect_graph.fn(spec, tmp_path))
+    info = reconstruct(spec, inspect_graph(spec, tmp_path))
     [lstm] = [n for n in info["auto"]["architecture"]["graph"]["nodes"] if n.get("class") == "LSTM"]
     assert lstm["name"] == "rnn.lstm_cell" and lstm["units"] == 32
     assert {"from": "rnn/lstm_cell", "to": "rnn.lstm_cell/lstm_cell", "match": "exact",

@@ -79,8 +79,8 @@ def variants(tmp_path_factory) -> Path:
 
 
 def restored(spec, tmp_path):
-    info = reconstruct.fn(spec, inspect_graph.fn(spec, tmp_path))
-    result = restore_weights.fn(spec, info, tmp_path)
+    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    result = restore_weights(spec, info, tmp_path)
     model = build_model(spec, info["inputs"])
     model.load_weights(result["weights"])
     return result, weight_paths(model)
@@ -115,14 +115,14 @@ def test_low_precision_keys_need_the_cast_policy(variants, tmp_path, scope):
     skip = ["optimizer", "ema", "emb", "dense/.*", "half/.*" if scope == "brain" else "brain/.*"]
     spec = make_spec(variants, tmp_path, layers=layers, rules=rules, skip=skip)
     spec = spec.model_copy(update={"architecture": spec.architecture.model_copy(update={"input_shapes": {"x": [4]}})})
-    info = reconstruct.fn(spec, inspect_graph.fn(spec, tmp_path))
+    info = reconstruct(spec, inspect_graph(spec, tmp_path))
     dtype = "float16" if scope == "half" else "bfloat16"
     with pytest.raises(RestoreError, match=rf"dtype mismatch: checkpoint key\(s\) \['{scope}/kernel'\] are {dtype}, "
                                            rf"model weight '{scope}/kernel' is float32"):
-        restore_weights.fn(spec, info, tmp_path)
+        restore_weights(spec, info, tmp_path)
 
     cast = spec.model_copy(update={"name_map": spec.name_map.model_copy(update={"dtype_policy": "cast"})})
-    result = restore_weights.fn(cast, info, tmp_path)
+    result = restore_weights(cast, info, tmp_path)
     table = json.loads((tmp_path / "mapping.json").read_text())["table"]
     assert [t for k, t in zip(table["key"], table["transform"]) if k == f"{scope}/kernel"] == [f"cast {dtype}->float32"]
     model = build_model(cast, info["inputs"])

@@ -85,8 +85,8 @@ def example_spec(catalogue: Path, name: str, **changes):
 
 
 def prepare(spec, work: Path):
-    inventory = inspect_graph.fn(spec, work)
-    return reconstruct.fn(spec, inventory)
+    inventory = inspect_graph(spec, work)
+    return reconstruct(spec, inventory)
 
 
 def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_path):
@@ -104,7 +104,7 @@ def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_
 
     empty = spec.model_copy(update={"name_map": spec.name_map.model_copy(update={"rules": []})})
     with pytest.raises(RestoreError) as info_:
-        restore_weights.fn(empty, info, tmp_path)
+        restore_weights(empty, info, tmp_path)
     message = str(info_.value)
     assert "mlp.yaml: name_map:" in message
     assert "6 of 6 model weights unassigned (model-weight coverage 0%)" in message
@@ -116,7 +116,7 @@ def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_
 def test_ferry_restore_assigns_every_checkpoint_value(catalogue, tmp_path):
     spec = example_spec(catalogue, "mnist_cnn")
     info = prepare(spec, tmp_path)
-    restored = restore_weights.fn(spec, info, tmp_path)
+    restored = restore_weights(spec, info, tmp_path)
     assert restored["coverage"]["model_weights"] == 1.0
     assert restored["coverage"]["checkpoint_keys_skipped"] == 15  # 12 Adam slots, 2 beta powers, global_step
     model = build_model(spec, info["inputs"])
@@ -134,29 +134,29 @@ def test_shape_mismatch_names_both_sides_and_shapes(catalogue, tmp_path):
     info = prepare(spec, tmp_path)
     with pytest.raises(RestoreError, match=r"shape mismatch: checkpoint key 'dense/kernel' has shape \[784, 64\], "
                                            r"model weight 'dense/kernel' has shape \[784, 32\]"):
-        restore_weights.fn(spec, info, tmp_path)
+        restore_weights(spec, info, tmp_path)
 
 
 def test_declared_tensor_missing_from_graph_is_named(catalogue, tmp_path):
     spec = example_spec(catalogue, "mlp")
     spec = spec.model_copy(update={"source": spec.source.model_copy(update={"outputs": {"probs": "softmax:0"}})})
     with pytest.raises(ValueError, match=r"mlp.yaml: source.outputs.probs: no op 'softmax' in the graph"):
-        inspect_graph.fn(spec, tmp_path)
+        inspect_graph(spec, tmp_path)
 
 
 def test_swapped_same_shaped_layers_pass_restore_and_fail_verify(twin_zoo, tmp_path):
     good = twin_spec(twin_zoo, "[{from: '(.*)'}]")
     info = prepare(good, tmp_path)
-    restored = restore_weights.fn(good, info, tmp_path)
-    record = verify_shard.fn(good, info, restored["weights"], good.shard_paths()[0], 0, 1)
+    restored = restore_weights(good, info, tmp_path)
+    record = verify_shard(good, info, restored["weights"], good.shard_paths()[0], 0)
     assert record["passed"] and record["outputs"]["probs"]["max_abs_err"] <= 1e-5
 
     swapped = twin_spec(twin_zoo, r"[{from: 'dense_1/(.*)', to: 'dense_2/\1'}, "
                                   r"{from: 'dense_2/(.*)', to: 'dense_1/\1'}, {from: '(.*)'}]")
-    restored = restore_weights.fn(swapped, info, tmp_path)
+    restored = restore_weights(swapped, info, tmp_path)
     assert restored["coverage"]["model_weights"] == 1.0  # shapes agree: restore cannot tell
     with pytest.raises(ParityError) as info_:
-        verify_shard.fn(swapped, info, restored["weights"], swapped.shard_paths()[0], 0, 1)
+        verify_shard(swapped, info, restored["weights"], swapped.shard_paths()[0], 0)
     out = info_.value.record["outputs"]["probs"]
     assert out["passed"] is False and out["max_abs_err"] > 1e-3
     assert "shard" in str(info_.value) and "out of tolerance" in str(info_.value)
@@ -175,11 +175,11 @@ from tasks.verify import verify_shard
 from pathlib import Path
 spec = load_catalogue(Path(sys.argv[1]), only=["mnist_cnn"]).specs["mnist_cnn"]
 work = Path(sys.argv[2])
-info = reconstruct.fn(spec, inspect_graph.fn(spec, work))
-weights = restore_weights.fn(spec, info, work)["weights"]
+info = reconstruct(spec, inspect_graph(spec, work))
+weights = restore_weights(spec, info, work)["weights"]
 shards = spec.shard_paths()
 for i, shard in enumerate(shards):
-    record = verify_shard.fn(spec, info, weights, shard, i, len(shards))
+    record = verify_shard(spec, info, weights, shard, i)
     print(record["device"], record["passed"], record["outputs"]["probs"]["max_abs_err"])
 """
 
