@@ -8,7 +8,9 @@ threads here or, with `dask`, on the workers of a Dask cluster.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from datetime import datetime
@@ -21,6 +23,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.transactions import CommitMode, transaction
 
 from ferry.isolation import ModelProcess
 from ferry.parity import ParityError, judge
@@ -129,7 +132,9 @@ def migrate_one(catalogue: str, model: str, parent_run_id: str, force: bool = Fa
     stages = ModelRun(spec, work, process, settings.timeouts, forced_stages(force, force_stage))
     exported, error = None, None
     try:
-        with process:
+        # Each stage's result is committed as soon as the stage completes (EAGER): a later stage failing
+        # the model must not roll back, and so uncache, the stages that completed.
+        with process, transaction(commit_mode=CommitMode.EAGER):
             with record.stage("inspect"):
                 inspected = stages.run("inspect", str(work))
             with record.stage("reconstruct"):
@@ -150,6 +155,7 @@ def migrate_one(catalogue: str, model: str, parent_run_id: str, force: bool = Fa
     _log_stage_files(run, work, record.durations)
     row = summary_row(model, "passed" if error is None else "failed", record.failed_stage, record.durations, work,
                       exported["path"] if exported else None, error.cause if error else None, cached)
+    row["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # where the model's task ran (Dask: which worker)
     if error is not None:
         error.row = row
         raise error

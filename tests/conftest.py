@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import pytest
+from prefect_server import prefect_server  # noqa: F401  (a real Prefect server on loopback, session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
