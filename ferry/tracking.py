@@ -46,6 +46,10 @@ class Run:
         self.client = client
         self.run_id = run_id
 
+    @property
+    def tracking_uri(self) -> str:
+        return self.client.tracking_uri
+
     def params(self, values: dict[str, Any]) -> None:
         params = [Param(k, _param_value(v)) for k, v in flatten(values).items()]
         for i in range(0, len(params), 100):
@@ -95,9 +99,10 @@ def start_model_run(parent: Run, model: str) -> Run:
     return Run(parent.client, run.info.run_id)
 
 
-def attach_run(catalogue: Path, run_id: str) -> Run:
-    """Reopen an existing run by id (a model flow logging into the run its catalogue flow made)."""
-    return Run(MlflowClient(tracking_uri=tracking_uri(catalogue)), run_id)
+def attach_run(uri: str, run_id: str) -> Run:
+    """Reopen an existing run by id in the store at `uri` (a model task, maybe on another machine,
+    logging under the run its catalogue flow made)."""
+    return Run(MlflowClient(tracking_uri=uri), run_id)
 
 
 class StageFailed(Exception):

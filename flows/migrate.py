@@ -78,7 +78,8 @@ def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = F
     total = len(rows) + len(cat.specs)
     with _task_runner(dask, max_parallel or cat.run.max_parallel) as runner:
         futures = {runner.submit(migrate_one, {"catalogue": str(path), "model": name, "parent_run_id": parent.run_id,
-                                               "force": force, "force_stage": force_stage}): name
+                                               "tracking_uri": parent.tracking_uri, "force": force,
+                                               "force_stage": force_stage}): name
                    for name in cat.specs}
         for future in as_completed(list(futures)):
             outcome = future.result(raise_on_failure=False)
@@ -117,12 +118,13 @@ def _task_runner(dask: str | None, max_parallel: int) -> TaskRunner:
 
 
 @task(name="migrate-model", task_run_name="migrate-{model}", cache_policy=NO_CACHE, persist_result=False)
-def migrate_one(catalogue: str, model: str, parent_run_id: str, force: bool = False,
+def migrate_one(catalogue: str, model: str, parent_run_id: str, tracking_uri: str, force: bool = False,
                 force_stage: str | None = None) -> dict[str, Any]:
-    """Migrate one model in its own process; its MLflow run is a child of `parent_run_id`."""
+    """Migrate one model in its own process; its MLflow run is a child of `parent_run_id` in the store
+    at `tracking_uri` (the catalogue flow's, wherever this task runs)."""
     cat = load_catalogue(Path(catalogue), only=[model])
     spec = cat.specs[model]
-    run = start_model_run(attach_run(Path(catalogue), parent_run_id), model)
+    run = start_model_run(attach_run(tracking_uri, parent_run_id), model)
     record = ModelRecord(run, model)
     work = work_dir(Path(catalogue), model)
     run.params(spec.model_dump(mode="json"))

@@ -160,33 +160,3 @@ def test_swapped_same_shaped_layers_pass_restore_and_fail_verify(twin_zoo, tmp_p
     out = info_.value.record["outputs"]["probs"]
     assert out["passed"] is False and out["max_abs_err"] > 1e-3
     assert "shard" in str(info_.value) and "out of tolerance" in str(info_.value)
-
-
-DEVICES_SCRIPT = """
-import sys
-import ferry, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
-from ferry.spec import load_catalogue
-from tasks.inspect import inspect_graph
-from tasks.reconstruct import reconstruct
-from tasks.restore import restore_weights
-from tasks.verify import verify_shard
-from pathlib import Path
-spec = load_catalogue(Path(sys.argv[1]), only=["mnist_cnn"]).specs["mnist_cnn"]
-work = Path(sys.argv[2])
-info = reconstruct(spec, inspect_graph(spec, work))
-weights = restore_weights(spec, info, work)["weights"]
-shards = spec.shard_paths()
-for i, shard in enumerate(shards):
-    record = verify_shard(spec, info, weights, shard, i)
-    print(record["device"], record["passed"], record["outputs"]["probs"]["max_abs_err"])
-"""
-
-
-def test_shards_spread_over_logical_devices(catalogue, tmp_path):
-    """The multi-device path (GPUs in production) on several logical CPU devices, in its own process."""
-    done = run_tf1_source(DEVICES_SCRIPT, tmp_path, str(catalogue), str(tmp_path))
-    lines = [line.split() for line in done.stdout.strip().splitlines()]
-    assert [d for d, _, _ in lines] == [f"/device:CPU:{i}" for i in (0, 1, 2, 0)]
-    assert all(ok == "True" and float(err) <= 1e-5 for _, ok, err in lines)
