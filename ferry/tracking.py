@@ -56,9 +56,15 @@ class Run:
             self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def metrics(self, values: dict[str, float], step: int = 0) -> None:
+        self.metric_steps({step: values})
+
+    def metric_steps(self, steps: dict[int, dict[str, float]]) -> None:
+        """Metrics of several steps (e.g. one per shard) in one call."""
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        metrics = [Metric(k, float(v), now, step) for step, values in steps.items()
+                   for k, v in values.items() if v is not None]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def tags(self, values: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
@@ -138,12 +144,13 @@ class ModelRecord:
             raise StageFailed(self.model, name, exc) from exc
         finally:
             self.durations[name] = time.perf_counter() - start
-            self.run.metrics({f"duration.{name}": self.durations[name]})
 
     def finish(self, ok: bool, error: str | None = None, tags: dict[str, Any] | None = None) -> None:
+        """Log the stage durations, status tags and the error; end the run."""
         tags = {"status": "passed" if ok else "failed", "failed_stage": self.failed_stage or "", **(tags or {})}
         if error:
             tags["error"] = error[:5000]
+        self.run.metrics({f"duration.{name}": seconds for name, seconds in self.durations.items()})
         self.run.tags(tags)
         self.run.end(ok)
 

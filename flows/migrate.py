@@ -153,8 +153,8 @@ def migrate_one(catalogue: str, model: str, parent_run_id: str, tracking_uri: st
     except StageFailed as exc:
         error = exc
     cached = _cached(stages.states)
-    record.finish(ok=error is None, error=str(error) if error else None, tags={"cached_stages": cached})
     _log_stage_files(run, work, record.durations)
+    record.finish(ok=error is None, error=str(error) if error else None, tags={"cached_stages": cached})
     row = summary_row(model, "passed" if error is None else "failed", record.failed_stage, record.durations, work,
                       exported["path"] if exported else None, error.cause if error else None, cached)
     row["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # where the model's task ran (Dask: which worker)
@@ -183,10 +183,8 @@ def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], ru
         outcomes = [f.result() for f in [pool.submit(copy_context().run, one, i, s) for i, s in enumerate(shards)]]
     records = [o for o in outcomes if isinstance(o, dict)]
     errors = [f"shard {i}: {type(o).__name__}: {o}" for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
-    for record in records:
-        for name, out in record["outputs"].items():
-            run.metrics({f"parity.{name}.{k}": v for k, v in out.items() if k in _PARITY_METRICS},
-                        step=record["index"])
+    run.metric_steps({record["index"]: {f"parity.{name}.{k}": v for name, out in record["outputs"].items()
+                                        for k, v in out.items() if k in _PARITY_METRICS} for record in records})
     judge(records, errors, work / "parity.json")
 
 
