@@ -84,6 +84,12 @@ def cmd_draft_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferry", description=__doc__)
     p.add_argument("--version", action="version", version=f"ferry {ferry.__version__}")
@@ -93,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--only", action="append", metavar="NAME", help="migrate only this model (repeatable)")
     run.add_argument("--force", action="store_true", help="recompute every stage instead of taking cached results")
     run.add_argument("--stage", choices=STAGES, help="with --force: recompute this stage and the ones after it")
-    run.add_argument("--max-parallel", type=int, metavar="N", help="models at once (default: the catalogue's "
+    run.add_argument("--max-parallel", type=_at_least_one, metavar="N", help="models at once (default: the catalogue's "
                      "run.max_parallel)")
     run.add_argument("--dask", metavar="ADDRESS", help="fan models out over a Dask cluster: tcp://HOST:8786, or "
                      "local:N for N local worker processes")

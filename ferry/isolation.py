@@ -13,12 +13,14 @@ arguments, and gets back small results, logs, or the stage's exception.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
 import pickle
 import queue
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,6 +73,7 @@ class ModelProcess:
         self._stopped: str | None = None  # why we stopped it (timeout, memory), for the error message
         self._exit_file: Path | None = None
         self._child: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None  # owns the connection: the only one to close it
 
     def __enter__(self) -> "ModelProcess":
         return self
@@ -113,10 +116,10 @@ class ModelProcess:
                 raise payload[0]
 
     def close(self) -> None:
-        """Stop the process (if started); pending calls fail."""
-        if self._conn is not None:
+        """Stop the process (if started) and wait for its connection to close; pending calls fail."""
+        if self._reader is not None:
             self._stop("closed")
-            self._conn = None
+            self._reader.join(timeout=10)
 
     # -- parent side internals -------------------------------------------------------------------
 
@@ -130,7 +133,8 @@ class ModelProcess:
         if zygote:
             self._exit_file = zygote.folder / f"{self.pid}.exit"
         self._conn.send(("init", {"cpu_devices": self.cpu_devices}))
-        threading.Thread(target=self._read, name=f"ferry-{self.name}-reader", daemon=True).start()
+        self._reader = threading.Thread(target=self._read, name=f"ferry-{self.name}-reader", daemon=True)
+        self._reader.start()
         if self.memory_limit_mb:
             threading.Thread(target=self._watch_memory, name=f"ferry-{self.name}-memory", daemon=True).start()
 
@@ -156,6 +160,7 @@ class ModelProcess:
                 self._pending.pop(message[1], None)
             if replies is not None:
                 replies.put((message[0], *message[2:]))
+        conn.close()  # only here: closing it from another thread could let a new connection reuse the fd
         reason = self._stopped or self._exit_status()
         for replies in list(self._pending.values()):
             replies.put(("error", ProcessFailed(f"{self.name}: the model's process (pid {self.pid}) ended while "
@@ -182,6 +187,7 @@ class ModelProcess:
         return f"exited with status {code}"
 
     def _stop(self, reason: str) -> None:
+        """Kill the process; the reader thread then sees the connection end and fails pending calls."""
         if self._stopped is None:
             self._stopped = reason
         if self.pid:
@@ -191,11 +197,6 @@ class ModelProcess:
                 pass
         if self._child is not None:
             self._child.wait()
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
 
     def _watch_memory(self) -> None:
         limit_kb = self.memory_limit_mb * 1024
@@ -226,6 +227,7 @@ class _Zygote:
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="ferry-zygote-"))
+        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
         self.address = str(self.folder / "socket")
         self.process = subprocess.Popen([sys.executable, "-m", "ferry.isolation", "zygote", str(self.folder)],
                                         stdin=subprocess.PIPE)

@@ -27,9 +27,9 @@ from prefect.transactions import CommitMode, transaction
 
 from ferry.isolation import ModelProcess
 from ferry.parity import ParityError, judge
-from ferry.paths import work_dir
+from ferry.paths import work_dir, write_atomically
 from ferry.report import format_summary, summary_row
-from ferry.spec import Catalogue, load_catalogue, spec_name_hint
+from ferry.spec import Catalogue, ModelSpec, RunSettings, load_catalogue, spec_name_hint
 from ferry.tracking import ModelRecord, Run, StageFailed, attach_run, start_catalogue_run, start_model_run
 from tasks.stages import STAGES, ModelRun, forced_stages
 
@@ -71,16 +71,18 @@ def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = F
     table artifact, the parent MLflow run); raise CatalogueFailed naming each failed model and stage."""
     logger = get_run_logger()
     forced_stages(force, force_stage)  # a bad stage name fails before any work
+    if max_parallel is not None and max_parallel < 1:
+        raise ValueError(f"--max-parallel: must be at least 1 (got {max_parallel})")
     path = Path(catalogue).resolve()
     cat = load_catalogue(path, only=only)
     parent = start_catalogue_run(path, cat.tracking.experiment, f"{path.stem} {datetime.now():%Y-%m-%d %H:%M}")
     rows = [_record_invalid_spec(parent, file, problems) for file, problems in cat.problems.items()]
     total = len(rows) + len(cat.specs)
     with _task_runner(dask, max_parallel or cat.run.max_parallel) as runner:
-        futures = {runner.submit(migrate_one, {"catalogue": str(path), "model": name, "parent_run_id": parent.run_id,
-                                               "tracking_uri": parent.tracking_uri, "force": force,
-                                               "force_stage": force_stage}): name
-                   for name in cat.specs}
+        futures = {runner.submit(migrate_one, {"spec": spec, "settings": cat.run, "catalogue": str(path),
+                                               "parent_run_id": parent.run_id, "tracking_uri": parent.tracking_uri,
+                                               "force": force, "force_stage": force_stage}): name
+                   for name, spec in cat.specs.items()}
         for future in as_completed(list(futures)):
             outcome = future.result(raise_on_failure=False)
             if isinstance(outcome, BaseException):
@@ -111,25 +113,25 @@ def _task_runner(dask: str | None, max_parallel: int) -> TaskRunner:
     from prefect_dask import DaskTaskRunner
 
     if dask.startswith("local:"):
-        workers = int(dask.removeprefix("local:"))
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": max_parallel,
+        workers = dask.removeprefix("local:")
+        if not workers.isdigit() or int(workers) < 1:
+            raise ValueError(f"--dask: local:N needs a number of workers N >= 1 (got {dask!r})")
+        return DaskTaskRunner(cluster_kwargs={"n_workers": int(workers), "threads_per_worker": max_parallel,
                                               "processes": True})
     return DaskTaskRunner(address=dask)
 
 
-@task(name="migrate-model", task_run_name="migrate-{model}", cache_policy=NO_CACHE, persist_result=False)
-def migrate_one(catalogue: str, model: str, parent_run_id: str, tracking_uri: str, force: bool = False,
-                force_stage: str | None = None) -> dict[str, Any]:
-    """Migrate one model in its own process; its MLflow run is a child of `parent_run_id` in the store
-    at `tracking_uri` (the catalogue flow's, wherever this task runs)."""
-    cat = load_catalogue(Path(catalogue), only=[model])
-    spec = cat.specs[model]
+@task(name="migrate-one", task_run_name="migrate-{spec.name}", cache_policy=NO_CACHE, persist_result=False)
+def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_run_id: str, tracking_uri: str,
+                force: bool = False, force_stage: str | None = None) -> dict[str, Any]:
+    """Migrate one model of `catalogue` in its own process; its MLflow run is a child of `parent_run_id`
+    in the store at `tracking_uri` (the catalogue flow's, wherever this task runs)."""
+    model = spec.name
     run = start_model_run(attach_run(tracking_uri, parent_run_id), model)
     record = ModelRecord(run, model)
     work = work_dir(Path(catalogue), model)
     run.params(spec.model_dump(mode="json"))
     run.artifact(spec.spec_file, "spec")
-    settings = cat.run
     process = ModelProcess(model, settings.cpu_devices, settings.memory_limit_mb)
     stages = ModelRun(spec, work, process, settings.timeouts, forced_stages(force, force_stage))
     exported, error = None, None
@@ -149,7 +151,7 @@ def migrate_one(catalogue: str, model: str, parent_run_id: str, tracking_uri: st
             with record.stage("export"):
                 exported = stages.run("export", info, restored["weights"], str(spec.shard_paths()[0]),
                                       upstream=(restored,))
-                run.artifact(Path(exported["path"]), "savedmodel")
+                _log_savedmodel(run, Path(exported["path"]), work, cached=stages.states["export"] == "Cached")
     except StageFailed as exc:
         error = exc
     cached = _cached(stages.states)
@@ -162,6 +164,18 @@ def migrate_one(catalogue: str, model: str, parent_run_id: str, tracking_uri: st
         error.row = row
         raise error
     return row
+
+
+def _log_savedmodel(run: Run, path: Path, work: Path, cached: bool) -> None:
+    """Log the SavedModel as an artifact; a cached export points at the run that logged it instead of
+    copying the same files again (tag `savedmodel.run_id`)."""
+    marker = work / "savedmodel.run_id"
+    if cached and marker.exists():
+        run.tags({"savedmodel.run_id": marker.read_text()})
+        return
+    run.artifact(path, "savedmodel")
+    run.tags({"savedmodel.run_id": run.run_id})
+    write_atomically(marker, run.run_id)
 
 
 def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], run: Run, work: Path) -> None:
