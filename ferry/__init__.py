@@ -9,4 +9,8 @@ __version__ = "0.1.0"
 # must be fixed before TensorFlow is imported, so every ferry entry point imports this package
 # first. A value set by the user wins and is recorded with each run.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# An unreachable MLflow server fails a call in seconds, not minutes (ferry then journals the records).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

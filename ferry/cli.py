@@ -38,6 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                               force_stage=args.stage, max_parallel=args.max_parallel, dask=args.dask,
                               return_state=True)
     outcome = state.result(raise_on_failure=False)
+    rows = outcome.rows if isinstance(outcome, CatalogueFailed) else outcome
+    if isinstance(rows, list) and rows and rows[0].get("tracking"):
+        print(f"ferry: {rows[0]['tracking']}", file=sys.stderr)
     if isinstance(outcome, CatalogueFailed):
         print(f"ferry: {outcome}", file=sys.stderr)
         return 1
@@ -47,6 +50,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"ferry: catalogue run failed: {outcome}", file=sys.stderr)
         return 1
     print(f"ferry: {len(outcome)} of {len(outcome)} models migrated")
+    return 0
+
+
+def cmd_relog(args: argparse.Namespace) -> int:
+    """Log the records of a catalogue run that could not reach MLflow (its journal) into a store."""
+    from ferry.paths import project_root
+    from ferry.tracking import relog, tracking_uri
+
+    catalogue = Path(args.catalogue).resolve()
+    folder = Path(args.journal) if "/" in args.journal else project_root(catalogue) / ".ferry" / "relog" / args.journal
+    uri = args.tracking_uri or tracking_uri(catalogue)
+    ids = relog(folder, uri)
+    print(f"ferry: relogged {folder} into {uri}: {len(ids)} runs created")
     return 0
 
 
@@ -107,6 +123,11 @@ def parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a catalogue and its specs")
     val.add_argument("catalogue", nargs="?", default=DEFAULT_CATALOGUE)
     val.set_defaults(func=cmd_validate)
+    rel = sub.add_parser("relog", help="log a catalogue run's records that could not reach MLflow")
+    rel.add_argument("journal", help="the journal id the run printed (a folder of .ferry/relog/), or its path")
+    rel.add_argument("--catalogue", default=DEFAULT_CATALOGUE, help="finds the project root (default: %(default)s)")
+    rel.add_argument("--tracking-uri", help="the store to log into (default: MLFLOW_TRACKING_URI, else mlflow.db)")
+    rel.set_defaults(func=cmd_relog)
     ins = sub.add_parser("inspect", help="inventory of a TF1 .meta graph")
     ins.add_argument("meta")
     ins.add_argument("--json", action="store_true", help="print the full inventory as JSON")

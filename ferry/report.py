@@ -12,16 +12,23 @@ def summary_row(model: str, status: str, failed_stage: str | None, durations: di
     """One model's row, reading coverage and worst error from the files its stages wrote in this run
     (`durations` names the stages attempted); `cached`: the stages taken from the cache (`all`)."""
     coverage = worst = worst_rel = None
+    by_output: dict[str, float] = {}
     if work and "restore" in durations and (work / "mapping.json").exists():
         coverage = json.loads((work / "mapping.json").read_text())["coverage"]["model_weights"]
     if work and "verify" in durations and (work / "parity.json").exists():
-        outputs = [o for shard in json.loads((work / "parity.json").read_text())["shards"]
-                   for o in shard["outputs"].values() if "max_abs_err" in o]
+        shards = json.loads((work / "parity.json").read_text())["shards"]
+        outputs = [o for shard in shards for o in shard["outputs"].values() if "max_abs_err" in o]
+        for shard in shards:
+            for name, o in shard["outputs"].items():
+                if "max_abs_err" in o:
+                    by_output[name] = max(by_output.get(name, 0.0), o["max_abs_err"])
         worst = max((o["max_abs_err"] for o in outputs), default=None)
         worst_rel = max((o["norm_rel_err"] for o in outputs), default=None)
     return {"model": model, "status": status, "failed_stage": failed_stage or "", "coverage": coverage,
             "worst_abs_err": worst, "worst_rel_err": worst_rel, "seconds": round(sum(durations.values()), 2),
             "cached": cached, "export": export or "",
+            "worst_abs_err_by_output": " ".join(f"{k}={v:.3g}" for k, v in by_output.items()),
+            "stage_seconds": " ".join(f"{k}={v:.2f}" for k, v in durations.items()),
             "error": "" if error is None else str(error)[:300]}
 
 

@@ -8,17 +8,21 @@ logged from any thread. Default store: `mlflow.db` (SQLite) at the project root;
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import uuid
+from datetime import datetime
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import ferry
+from ferry.journal import OFFLINE_PREFIX, Journal, offline_id, unreachable
 from ferry.paths import project_root
 
 PARAM_MAX = 6000  # MLflow's limit on one param value
@@ -40,20 +44,22 @@ def _artifact_root(uri: str) -> str | None:
 
 
 class Run:
-    """One MLflow run, logged through explicit ids."""
+    """One MLflow run, logged through explicit ids. If the store cannot be reached, the run's records
+    go to `journal` instead (see ferry.journal) and the run carries on offline."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client = client
-        self.run_id = run_id
+    def __init__(self, client: MlflowClient, run_id: str, journal: Journal):
+        self.client, self.run_id, self.journal = client, run_id, journal
 
     @property
     def tracking_uri(self) -> str:
         return self.client.tracking_uri
 
+    @property
+    def offline(self) -> bool:
+        return self.run_id.startswith(OFFLINE_PREFIX) or self.journal.exists()
+
     def params(self, values: dict[str, Any]) -> None:
-        params = [Param(k, _param_value(v)) for k, v in flatten(values).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self._write("log_batch", params={k: _param_value(v) for k, v in flatten(values).items()})
 
     def metrics(self, values: dict[str, float], step: int = 0) -> None:
         self.metric_steps({step: values})
@@ -61,54 +67,156 @@ class Run:
     def metric_steps(self, steps: dict[int, dict[str, float]]) -> None:
         """Metrics of several steps (e.g. one per shard) in one call."""
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for step, values in steps.items()
-                   for k, v in values.items() if v is not None]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+        self._write("log_batch", metrics=[[k, float(v), now, step] for step, values in steps.items()
+                                          for k, v in values.items() if v is not None])
 
     def tags(self, values: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+        self._write("log_batch", tags={k: str(v) for k, v in values.items()})
 
     def artifact(self, path: Path, folder: str | None = None) -> None:
-        if Path(path).is_dir():
-            self.client.log_artifacts(self.run_id, str(path), folder)
-        else:
-            self.client.log_artifact(self.run_id, str(path), folder)
+        self._write("artifact", path=str(path), folder=folder)
 
     def text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        self._write("text", text=text, name=name)
 
     def table(self, columns: dict[str, list], name: str) -> None:
-        self.client.log_table(self.run_id, data=columns, artifact_file=name)
+        self._write("table", columns=columns, name=name)
+
+    def datasets(self, datasets: list[dict[str, Any]]) -> None:
+        """Dataset inputs: dicts of an MLflow Dataset's fields plus `tags`."""
+        self._write("inputs", datasets=datasets)
+
+    def register(self, name: str, savedmodel: str, inputs: dict[str, dict], outputs: list[str], shard: str,
+                 tags: dict[str, str]) -> None:
+        """Log the SavedModel as an MLflow model of this run, register it as `name`, alias `migrated`."""
+        self._write("register", name=name, savedmodel=savedmodel, inputs=inputs, outputs=outputs, shard=shard,
+                    tags=tags)
 
     def end(self, ok: bool) -> None:
-        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+        self._write("end", status="FINISHED" if ok else "FAILED")
+
+    def _write(self, op: str, **payload: Any) -> None:
+        if not self.offline:
+            try:
+                apply_op(self.client, {"op": op, "run": self.run_id, **payload}, {})
+                return
+            except Exception as exc:  # noqa: BLE001 - only an unreachable store is survived
+                if not unreachable(exc):
+                    raise
+                went_offline(self.journal, self.tracking_uri, exc)
+                self.journal.record("note", run=self.run_id, reason=_first_line(exc))
+        self.journal.record(op, run=self.run_id, **payload)
+
+
+def went_offline(journal: Journal, uri: str, exc: BaseException) -> None:
+    """Say once, loudly, where the records go now and how to log them later."""
+    if not journal.exists():
+        logging.getLogger("ferry").warning(
+            "MLflow tracking at %s failed (%s): this run's records are kept in %s; log them later with "
+            "`ferry relog %s`", uri, _first_line(exc), journal.folder, journal.id)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:1000]
+
+
+def apply_op(client: MlflowClient, op: dict[str, Any], ids: dict[str, str]) -> str | None:
+    """Carry out one record against a store (directly, or replaying a journal: `ids` maps offline ids)."""
+    kind, run_id = op["op"], ids.get(op.get("run", ""), op.get("run", ""))
+    if kind == "create_run":
+        experiment = client.get_experiment_by_name(op["experiment"])
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+            op["experiment"], _artifact_root(client.tracking_uri))
+        tags = dict(op["tags"])
+        if MLFLOW_PARENT_RUN_ID in tags:
+            tags[MLFLOW_PARENT_RUN_ID] = ids.get(tags[MLFLOW_PARENT_RUN_ID], tags[MLFLOW_PARENT_RUN_ID])
+        return client.create_run(experiment_id, run_name=op["run_name"], tags=tags).info.run_id
+    if kind == "log_batch":
+        params = [Param(k, v) for k, v in op.get("params", {}).items()]
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", [])]
+        tags = [RunTag(k, v) for k, v in op.get("tags", {}).items()]
+        for i in range(0, max(len(params), len(metrics), len(tags)), 100):
+            client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100], tags=tags[i:i + 100])
+    elif kind == "artifact":
+        if Path(op["path"]).is_dir():
+            client.log_artifacts(run_id, op["path"], op["folder"])
+        else:
+            client.log_artifact(run_id, op["path"], op["folder"])
+    elif kind == "text":
+        client.log_text(run_id, op["text"], op["name"])
+    elif kind == "table":
+        client.log_table(run_id, data=op["columns"], artifact_file=op["name"])
+    elif kind == "inputs":
+        client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**{k: d[k] for k in _DATASET_FIELDS}),
+                                                         tags=[InputTag(k, v) for k, v in d["tags"].items()])
+                                            for d in op["datasets"]])
+    elif kind == "register":
+        from ferry.registry import example_from_shard, register_migrated
+
+        version = register_migrated(client, run_id, op["name"], Path(op["savedmodel"]), op["inputs"], op["outputs"],
+                                    example_from_shard(Path(op["shard"]), list(op["inputs"])), op["tags"])
+        client.set_tag(run_id, "registry.version", f"{op['name']}/{version.version}")
+    elif kind == "end":
+        client.set_terminated(run_id, op["status"])
+    elif kind == "note" and run_id:
+        client.set_tag(run_id, "ferry.tracking_failed", op["reason"])
+    return None
+
+
+_DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")
+
+
+def _create_run(client: MlflowClient, journal: Journal, experiment: str, run_name: str,
+                tags: dict[str, str]) -> Run:
+    """A new run in `experiment`: in the store if it answers, else an offline run in the journal."""
+    op = {"op": "create_run", "experiment": experiment, "run_name": run_name, "tags": tags}
+    reason = "the tracking store could not be reached earlier in this catalogue run"
+    if not journal.exists() and not tags.get(MLFLOW_PARENT_RUN_ID, "").startswith(OFFLINE_PREFIX):
+        try:
+            return Run(client, apply_op(client, op, {}), journal)
+        except Exception as exc:  # noqa: BLE001
+            if not unreachable(exc):
+                raise
+            went_offline(journal, client.tracking_uri, exc)
+            reason = _first_line(exc)
+    run_id = offline_id()
+    journal.record("create_run", run=run_id, **{k: v for k, v in op.items() if k != "op"})
+    journal.record("note", run=run_id, reason=reason)
+    return Run(client, run_id, journal)
 
 
 def start_catalogue_run(catalogue: Path, experiment: str, run_name: str) -> Run:
-    """Create the experiment if needed and open the catalogue's parent run."""
-    uri = tracking_uri(catalogue)
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment, _artifact_root(uri))
-    run = client.create_run(experiment_id, run_name=run_name, tags={"ferry.version": ferry.__version__,
-                                                                    "ferry.catalogue": str(catalogue)})
-    return Run(client, run.info.run_id)
+    """Create the experiment if needed and open the catalogue's parent run (offline if unreachable)."""
+    client = MlflowClient(tracking_uri=tracking_uri(catalogue))
+    key = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    journal = Journal(project_root(catalogue) / ".ferry" / "relog" / key)
+    return _create_run(client, journal, experiment, run_name, {"ferry.version": ferry.__version__,
+                                                               "ferry.catalogue": str(catalogue),
+                                                               "ferry.journal": journal.id})
 
 
-def start_model_run(parent: Run, model: str) -> Run:
+def start_model_run(parent: Run, model: str, experiment: str) -> Run:
     """Open a model's run nested under the catalogue run."""
-    experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
-    run = parent.client.create_run(experiment_id, run_name=model, tags={
+    return _create_run(parent.client, parent.journal, experiment, model, {
         MLFLOW_PARENT_RUN_ID: parent.run_id, MLFLOW_RUN_NAME: model, "ferry.version": ferry.__version__,
         "env.TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")})
-    return Run(parent.client, run.info.run_id)
 
 
-def attach_run(uri: str, run_id: str) -> Run:
+def attach_run(uri: str, run_id: str, journal: str) -> Run:
     """Reopen an existing run by id in the store at `uri` (a model task, maybe on another machine,
-    logging under the run its catalogue flow made)."""
-    return Run(MlflowClient(tracking_uri=uri), run_id)
+    logging under the run its catalogue flow made), with the catalogue run's journal folder."""
+    return Run(MlflowClient(tracking_uri=uri), run_id, Journal(Path(journal)))
+
+
+def relog(journal: Path, uri: str) -> dict[str, str]:
+    """Replay a journal into the store at `uri`; offline run id -> new run id."""
+    journal = Journal(journal)
+    if not journal.exists():
+        raise FileNotFoundError(f"no journal at {journal.folder} (ops.jsonl missing)")
+    if (journal.folder / "replayed.json").exists():
+        raise FileExistsError(f"{journal.folder} was relogged already (replayed.json); nothing to do")
+    client = MlflowClient(tracking_uri=uri)
+    return journal.replay(lambda op, ids: apply_op(client, op, ids))
 
 
 class StageFailed(Exception):

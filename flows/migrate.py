@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.transactions import CommitMode, transaction
 
@@ -29,6 +30,7 @@ from ferry.isolation import ModelProcess
 from ferry.parity import ParityError, judge
 from ferry.paths import work_dir, write_atomically
 from ferry.report import format_summary, summary_row
+from ferry.review import description, link_tags, log_datasets, log_plots, prefect_ui_url
 from ferry.spec import Catalogue, ModelSpec, RunSettings, load_catalogue, spec_name_hint
 from ferry.tracking import ModelRecord, Run, StageFailed, attach_run, start_catalogue_run, start_model_run
 from tasks.stages import STAGES, ModelRun, forced_stages
@@ -76,11 +78,14 @@ def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = F
     path = Path(catalogue).resolve()
     cat = load_catalogue(path, only=only)
     parent = start_catalogue_run(path, cat.tracking.experiment, f"{path.stem} {datetime.now():%Y-%m-%d %H:%M}")
-    rows = [_record_invalid_spec(parent, file, problems) for file, problems in cat.problems.items()]
+    rows = [_record_invalid_spec(parent, cat.tracking.experiment, file, problems)
+            for file, problems in cat.problems.items()]
     total = len(rows) + len(cat.specs)
     with _task_runner(dask, max_parallel or cat.run.max_parallel) as runner:
         futures = {runner.submit(migrate_one, {"spec": spec, "settings": cat.run, "catalogue": str(path),
                                                "parent_run_id": parent.run_id, "tracking_uri": parent.tracking_uri,
+                                               "journal": str(parent.journal.folder),
+                                               "experiment": cat.tracking.experiment,
                                                "force": force, "force_stage": force_stage}): name
                    for name, spec in cat.specs.items()}
         for future in as_completed(list(futures)):
@@ -94,6 +99,11 @@ def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = F
     order = {name: i for i, name in enumerate([spec_name_hint(Path(f)) for f in cat.problems] + list(cat.specs))}
     rows.sort(key=lambda r: order.get(r["model"], len(order)))
     _finish_catalogue(parent, cat, rows)
+    if parent.offline:  # the migrations completed; their records wait in the journal
+        hint = f"MLflow unreachable: records kept in {parent.journal.folder}; `ferry relog {parent.journal.id}`"
+        logger.warning(hint)
+        for row in rows:
+            row["tracking"] = hint
     if any(r["status"] != "passed" for r in rows):
         raise CatalogueFailed(rows)
     return rows
@@ -123,15 +133,17 @@ def _task_runner(dask: str | None, max_parallel: int) -> TaskRunner:
 
 @task(name="migrate-one", task_run_name="migrate-{spec.name}", cache_policy=NO_CACHE, persist_result=False)
 def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_run_id: str, tracking_uri: str,
-                force: bool = False, force_stage: str | None = None) -> dict[str, Any]:
+                journal: str, experiment: str, force: bool = False, force_stage: str | None = None) -> dict[str, Any]:
     """Migrate one model of `catalogue` in its own process; its MLflow run is a child of `parent_run_id`
-    in the store at `tracking_uri` (the catalogue flow's, wherever this task runs)."""
+    in the store at `tracking_uri` (the catalogue flow's, wherever this task runs), or in `journal` when
+    the store cannot be reached."""
     model = spec.name
-    run = start_model_run(attach_run(tracking_uri, parent_run_id), model)
+    run = start_model_run(attach_run(tracking_uri, parent_run_id, journal), model, experiment)
     record = ModelRecord(run, model)
     work = work_dir(Path(catalogue), model)
     run.params(spec.model_dump(mode="json"))
     run.artifact(spec.spec_file, "spec")
+    log_datasets(run, spec)
     process = ModelProcess(model, settings.cpu_devices, settings.memory_limit_mb)
     stages = ModelRun(spec, work, process, settings.timeouts, forced_stages(force, force_stage))
     exported, error = None, None
@@ -156,14 +168,57 @@ def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_r
         error = exc
     cached = _cached(stages.states)
     _log_stage_files(run, work, record.durations)
-    record.finish(ok=error is None, error=str(error) if error else None, tags={"cached_stages": cached})
+    _log_plots(run, spec, work, record.durations)
     row = summary_row(model, "passed" if error is None else "failed", record.failed_stage, record.durations, work,
                       exported["path"] if exported else None, error.cause if error else None, cached)
     row["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # where the model's task ran (Dask: which worker)
+    tags = link_tags(spec, stages.task_runs)
+    tags.update({"cached_stages": cached, "mlflow.note.content": description(spec, row, tags["checkpoint.sha256"])})
+    if error is None:  # only a migration that passed is handed over
+        _register(run, spec, info, exported, tags)
+    record.finish(ok=error is None, error=str(error) if error else None, tags=tags)
     if error is not None:
         error.row = row
         raise error
     return row
+
+
+def _register(run: Run, spec: ModelSpec, info: dict[str, Any], exported: dict[str, Any], tags: dict[str, str]) -> None:
+    """Register the SavedModel under the spec's name (alias `migrated`), unless that version is this very
+    SavedModel already (a cached rerun); a registry error is recorded on the run (tag `registry.error`)
+    and does not undo the migration."""
+    savedmodel_sha = exported["files"][exported["path"]]
+    try:
+        current = _migrated_version(run, spec.name)
+        if current is not None and current.tags.get("savedmodel.sha256") == savedmodel_sha:
+            run.tags({"registry.version": f"{spec.name}/{current.version}"})
+            return
+        run.register(spec.name, exported["path"], info["inputs"], list(spec.source.outputs), str(spec.shard_paths()[0]),
+                     {"checkpoint.sha256": tags["checkpoint.sha256"], "spec.sha256": tags["spec.sha256"],
+                      "verdict": "passed", "ferry.version": ferry.__version__, "source.meta": str(spec.source.meta),
+                      "mlflow.run_id": run.run_id, "savedmodel.sha256": savedmodel_sha})
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("%s: registering the model failed: %s", spec.name, exc)
+        run.tags({"registry.error": f"{type(exc).__name__}: {exc}"[:5000]})
+
+
+def _migrated_version(run: Run, name: str):
+    """The registered version aliased `migrated`, or None (none yet, or the store is out of reach)."""
+    if run.offline:
+        return None
+    try:
+        return run.client.get_model_version_by_alias(name, "migrated")
+    except Exception:  # noqa: BLE001 - no such model or alias
+        return None
+
+
+def _log_plots(run: Run, spec: ModelSpec, work: Path, attempted: dict[str, float]) -> None:
+    """The review plots; a plotting error is recorded on the run (tag `plots.error`), never fails the model."""
+    try:
+        log_plots(run, spec, work, attempted)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("%s: plots failed: %s", spec.name, exc)
+        run.tags({"plots.error": f"{type(exc).__name__}: {exc}"[:5000]})
 
 
 def _log_savedmodel(run: Run, path: Path, work: Path, cached: bool) -> None:
@@ -186,7 +241,8 @@ def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], ru
         raise ValueError(f"{stages.spec.spec_file}: verify.shards: no file matches {stages.spec.verify.shards!r}")
     def one(index: int, shard: Path) -> Any:
         try:
-            return stages.run("verify", info, restored["weights"], str(shard), index, upstream=(restored,),
+            return stages.run("verify", info, restored["weights"], str(shard), index,
+                              str(work / "outputs" / f"shard-{index}.npz"), upstream=(restored,),
                               label=f"verify-shard-{index}")
         except ParityError as exc:
             return exc.record
@@ -235,7 +291,13 @@ def _finish_catalogue(parent: Run, cat: Catalogue, rows: list[dict[str, Any]]) -
     parent.metrics({"models.passed": passed, "models.total": len(rows),
                     "models.cached": sum(r.get("cached") == "all" for r in rows)})
     ok = passed == len(rows)
-    parent.tags({"status": "passed" if ok else "failed"})
+    failed = [f"`{r['model']}` at {r['failed_stage']}" for r in rows if r["status"] != "passed"]
+    note = (f"Catalogue `{cat.path}`: {len(rows)} models, {passed} passed"
+            + (f", {len(failed)} failed ({', '.join(failed)})" if failed else "")
+            + f"; {sum(r.get('cached') == 'all' for r in rows)} taken wholly from the cache."
+            + f"\n\nPrefect flow run: {prefect_ui_url() or flow_run.id}. One nested run per model.")
+    parent.tags({"status": "passed" if ok else "failed", "mlflow.note.content": note,
+                 "prefect.flow_run_id": flow_run.id or "", "prefect.flow_run_url": prefect_ui_url()})
     parent.end(ok)
 
 
@@ -244,10 +306,10 @@ def artifact_key(catalogue: Path) -> str:
     return "ferry-summary-" + re.sub(r"[^a-z0-9-]+", "-", catalogue.stem.lower()).strip("-")
 
 
-def _record_invalid_spec(parent: Run, file: str, problems) -> dict[str, Any]:
+def _record_invalid_spec(parent: Run, experiment: str, file: str, problems) -> dict[str, Any]:
     """An invalid spec fails its model at stage `spec`; its run holds the problems."""
     name = spec_name_hint(Path(file))
-    run = start_model_run(parent, name)
+    run = start_model_run(parent, name, experiment)
     run.text("\n".join(str(p) for p in problems), "problems.txt")
     run.tags({"status": "failed", "failed_stage": "spec"})
     run.end(False)

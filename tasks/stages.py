@@ -59,6 +59,7 @@ class ModelRun:
     timeouts: StageTimeouts = field(default_factory=StageTimeouts)
     force: frozenset[str] = frozenset()
     states: dict[str, str] = field(default_factory=dict)  # task label -> Prefect state name
+    task_runs: dict[str, str] = field(default_factory=dict)  # task label -> Prefect task run id
 
     def run(self, stage: str, *args: Any, upstream: tuple = (), label: str | None = None) -> dict[str, Any]:
         """Run (or take from the cache) one stage; raise its error."""
@@ -72,6 +73,7 @@ class ModelRun:
                                                            return_state=True)
             result = state.result()
         self.states[label] = state.name
+        self.task_runs[label] = str(state.state_details.task_run_id)
         return result
 
     def key(self, stage: str, label: str, args: list[Any], upstream: list[Any]) -> str:

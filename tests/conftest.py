@@ -12,6 +12,7 @@ from pathlib import Path
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import pytest
 from prefect_server import prefect_server  # noqa: F401  (a real Prefect server on loopback, session fixture)
+from mlflow_server import mlflow_server  # noqa: F401  (a real MLflow tracking server on loopback, session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 

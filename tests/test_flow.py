@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -11,6 +12,7 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from ferry.cli import main
+from ferry.registry import load_migrated
 from ferry.runtime import load_shard, run_tf1
 from ferry.spec import load_catalogue
 from flows.migrate import CatalogueFailed, migrate_catalogue
@@ -68,6 +70,19 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
         artifacts = artifact_paths(client, run.info.run_id)
         assert {f"spec/{name}.yaml", "inventory.json", "name_map.json", "parity.json",
                 "savedmodel/saved_model.pb"} <= artifacts
+        # For the reviewer: plots, links to Prefect and to the exact inputs, a description, the shards.
+        out = MODELS[name]
+        assert {"plots/coverage.png", f"plots/parity-{out}-abs-err.png", f"plots/parity-{out}-scatter.png"} <= artifacts
+        tags = run.data.tags
+        assert tags["prefect.flow_run_id"] and tags["prefect.task_run_id"] and tags["prefect.task_run.export"]
+        assert tags["spec.sha256"] == hashlib.sha256(open(tags["spec.file"], "rb").read()).hexdigest()
+        assert len(tags["checkpoint.sha256"]) == 64 and tags["ferry.build"].startswith("0.1.0+")
+        assert tags["mlflow.note.content"].startswith(f"**{name}**") and "Verdict: **passed**" in tags["mlflow.note.content"]
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == [f"{name}-shard-00{i}" for i in range(4)]
+        # ... and the hand-over: registered under the spec name, alias `migrated`, tagged with the checkpoint.
+        version = client.get_model_version_by_alias(name, "migrated")
+        assert version.tags["checkpoint.sha256"] == tags["checkpoint.sha256"] and version.tags["verdict"] == "passed"
+        assert tags["registry.version"] == f"{name}/{version.version}"
 
     output = MODELS
     cnn = children["mnist_cnn"]
@@ -79,8 +94,13 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
         assert children[name].data.metrics[f"parity.{out}.norm_rel_err"] <= 1e-5
     assert cnn.data.metrics["parity.probs.argmax_agreement"] == 1.0
 
-    # The exported SavedModels reload, keep the TF1 names, and reproduce the TF1 graph.
+    # The exported SavedModels reload, keep the TF1 names, and reproduce the TF1 graph; so does the
+    # registered model a consumer loads by name.
     cat = load_catalogue(catalogue)
+    registered = load_migrated("mlp", os.environ["MLFLOW_TRACKING_URI"])
+    arrays = load_shard(cat.specs["mlp"], cat.specs["mlp"].shard_paths()[0])
+    np.testing.assert_allclose(registered.predict(arrays)["probs"],
+                               run_tf1(cat.specs["mlp"], arrays, 64, "/CPU:0")["probs"], atol=1e-5, rtol=1e-5)
     for name, spec in cat.specs.items():
         shard = spec.shard_paths()[-1]
         arrays = load_shard(spec, shard)
@@ -120,6 +140,10 @@ def test_one_failing_model_does_not_stop_the_others(catalogue):
     assert failed.data.metrics["coverage.model_weights"] == 0.0
     assert "name_map.json" in artifact_paths(client, failed.info.run_id)  # the report explains the failure
     assert children["broken"].data.tags["failed_stage"] == "spec"
+    assert "Verdict: **failed at restore**" in failed.data.tags["mlflow.note.content"]
+    assert "plots/coverage.png" in artifact_paths(client, failed.info.run_id)  # what went unmapped, drawn
+    registered = {m.name for m in client.search_registered_models()}
+    assert registered == {"linear", "mlp"}  # a failing model is never registered
 
 
 def test_summary_is_a_prefect_artifact(catalogue):

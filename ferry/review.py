@@ -1,0 +1,115 @@
+"""What a reviewer sees of one model's migration in MLflow, beyond metrics: links back to Prefect and
+to the exact inputs, a short description with the verdict, the shards as dataset inputs, plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ferry
+from ferry.cache import build_id, checkpoint_files, fingerprint
+from ferry.spec import ModelSpec
+from ferry.tracking import Run
+
+
+def checkpoint_fingerprint(spec: ModelSpec) -> str:
+    """One sha256 over the checkpoint's files (`.index`, `.data-*`), by name and content."""
+    digest = hashlib.sha256()
+    for file in checkpoint_files(spec.source.checkpoint_prefix):
+        digest.update(f"{file.name}\0{fingerprint(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def link_tags(spec: ModelSpec, task_runs: dict[str, str]) -> dict[str, str]:
+    """Tags tying the run to its Prefect runs, its spec file and content, its checkpoint, ferry's build."""
+    from prefect.runtime import flow_run, task_run
+
+    tags = {"prefect.flow_run_id": flow_run.id or "", "prefect.flow_run_url": prefect_ui_url(),
+            "prefect.task_run_id": task_run.id or "", "spec.file": str(spec.spec_file),
+            "spec.sha256": fingerprint(spec.spec_file), "source.meta": str(spec.source.meta),
+            "source.checkpoint": str(spec.source.checkpoint_prefix), "checkpoint.sha256": checkpoint_fingerprint(spec),
+            "ferry.version": ferry.__version__, "ferry.build": build_id()}
+    tags.update({f"prefect.task_run.{label}": run_id for label, run_id in task_runs.items()})
+    return tags
+
+
+def prefect_ui_url() -> str:
+    """The flow run's page in the Prefect UI; empty on the ephemeral server (it serves no UI)."""
+    from prefect.runtime import flow_run
+
+    url = flow_run.ui_url or ""
+    return url if url.startswith("http") else ""
+
+
+def description(spec: ModelSpec, row: dict[str, Any], checkpoint_sha: str) -> str:
+    """The run's description (`mlflow.note.content`): what was migrated, from what, and the verdict."""
+    lines = [f"**{spec.name}**: TF1 graph `{spec.source.meta.name}` with checkpoint `{spec.source.checkpoint_prefix}` "
+             f"(sha256 `{checkpoint_sha[:12]}`) → Keras 3 SavedModel, by ferry {ferry.__version__}.", ""]
+    if row["status"] == "passed":
+        lines.append(f"Verdict: **passed**. Coverage {_percent(row['coverage'])} of the model's weights; worst "
+                     f"abs error {_sci(row['worst_abs_err'])}, worst normwise relative error "
+                     f"{_sci(row['worst_rel_err'])}, within atol {spec.verify.tolerance.atol:g} / rtol "
+                     f"{spec.verify.tolerance.rtol:g}. SavedModel: `{row['export']}`.")
+    else:
+        lines.append(f"Verdict: **failed at {row['failed_stage']}**: {row['error']}")
+    if row.get("cached"):
+        lines.append(f"\nTaken from ferry's cache: {row['cached']}.")
+    return "\n".join(lines)
+
+
+def log_datasets(run: Run, spec: ModelSpec) -> None:
+    """The verification shards as the run's dataset inputs (digest, schema, source path)."""
+    import mlflow.data
+
+    inputs = []
+    for index, shard in enumerate(spec.shard_paths()):
+        with np.load(shard) as data:
+            arrays = {name: data[name] for name in spec.source.inputs if name in data.files}
+        with warnings.catch_warnings():  # MLflow registers two equal local-file source classes and says so
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(arrays, source=str(shard), name=f"{spec.name}-{shard.stem}")
+        entity = dataset._to_mlflow_entity()
+        inputs.append({**{k: getattr(entity, k) for k in ("name", "digest", "source_type", "source", "schema",
+                                                           "profile")},
+                       "tags": {"mlflow.data.context": "verification", "shard": str(index)}})
+    if inputs:
+        run.datasets(inputs)
+
+
+def log_plots(run: Run, spec: ModelSpec, work: Path, attempted: dict[str, float]) -> None:
+    """Per output an error histogram and a TF1-vs-Keras scatter (all shards); the coverage chart."""
+    from ferry.plots import coverage_chart, parity_plots
+
+    folder = work / "plots"
+    if folder.exists():
+        for old in folder.iterdir():
+            old.unlink()
+    made: list[Path] = []
+    if "restore" in attempted and (work / "mapping.json").exists():
+        made.append(coverage_chart(json.loads((work / "mapping.json").read_text())["table"], folder))
+    files = sorted((work / "outputs").glob("shard-*.npz")) if "verify" in attempted else []
+    files = [f for f in files if int(f.stem.split("-")[1]) < len(spec.shard_paths())]
+    if files:
+        loaded = [np.load(f) for f in files]
+        for name in spec.source.outputs:
+            reference = np.concatenate([d[f"{name}.reference"].ravel() for d in loaded])
+            candidate = np.concatenate([d[f"{name}.candidate"].ravel() for d in loaded])
+            if reference.shape != candidate.shape:  # parity.json already says why; nothing to draw
+                continue
+            tol = spec.verify.tolerance_for(name)
+            made += parity_plots(reference, candidate, name, folder, tol.atol, tol.rtol)
+    if made:
+        run.artifact(folder, "plots")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
