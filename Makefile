@@ -4,7 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup zoo example test clean
+# The MLflow UI test drives Debian's chromium through Playwright (which never downloads a browser).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y --no-install-recommends chromium fonts-dejavu-core
+
+.PHONY: setup browser zoo example test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +26,12 @@ zoo: setup  ## write the example TF1 models (graph, checkpoint, shards) into zoo
 example: zoo  ## migrate specs/catalogue.yaml: SavedModels in exports/, MLflow records in mlflow.db
 	$(VENV)/bin/ferry run specs/catalogue.yaml
 
-test: setup
+browser: $(CHROMIUM)  ## Debian's chromium for tests/test_mlflow_ui.py; skipped when already installed
+
+$(CHROMIUM):  # apt-get update only when the install fails (a fresh machine's empty package lists)
+	$(APT_INSTALL) || { $(SUDO) apt-get update && $(APT_INSTALL); }
+
+test: setup browser  ## the tests (tests/test_mlflow_ui.py runs a real MLflow server and a headless chromium)
 	$(PY) -m pytest
 
 clean:

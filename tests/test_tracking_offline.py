@@ -21,11 +21,6 @@ def keep_models(catalogue: Path, names: list[str]) -> None:
             spec.unlink()
 
 
-def runs_by_name(client: MlflowClient, experiment: str) -> dict:
-    exp = client.get_experiment_by_name(experiment)
-    return {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-
-
 @pytest.mark.usefixtures("prefect_harness")
 def test_server_down_migration_completes_and_relog_logs_it_later(catalogue, mlflow_server, monkeypatch, capsys):
     keep_models(catalogue, ["linear", "mlp"])
@@ -39,9 +34,12 @@ def test_server_down_migration_completes_and_relog_logs_it_later(catalogue, mlfl
     assert (catalogue.parent / ".ferry" / "relog" / journal_id / "ops.jsonl").exists()
 
     assert main(["relog", journal_id, "--catalogue", str(catalogue), "--tracking-uri", mlflow_server]) == 0
-    client = MlflowClient(mlflow_server)
-    runs = runs_by_name(client, "ferry-examples")
-    parent = next(r for name, r in runs.items() if name.startswith("catalogue "))
+    client = MlflowClient(mlflow_server)  # a server other tests log into too: find this run's records
+    experiment = client.get_experiment_by_name("ferry-examples").experiment_id
+    [parent] = client.search_runs([experiment], f"tags.`ferry.journal` = '{journal_id}'")
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert sorted(runs) == ["linear", "mlp"]
     for model in ("linear", "mlp"):
         run = runs[model]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
