@@ -292,7 +292,8 @@ class ModelSpec(_Strict):
 class Tracking(_Strict):
     """MLflow experiment for the catalogue's runs."""
 
-    experiment: str = "ferry"
+    experiment: str | None = Field(None, description="default: `ferry <catalogue path from the project root>`, "
+                                   "one experiment per catalogue")
 
 
 class StageTimeouts(_Strict):
@@ -333,6 +334,16 @@ class Catalogue(BaseModel):
     run: RunSettings = Field(default_factory=RunSettings)
     specs: dict[str, ModelSpec]
     problems: dict[str, list[Problem]] = Field(default_factory=dict, description="spec file -> problems")
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment of this catalogue's runs."""
+        if self.tracking.experiment:
+            return self.tracking.experiment
+        from ferry.paths import project_root
+
+        root = project_root(self.path)
+        return f"ferry {self.path.relative_to(root) if self.path.is_relative_to(root) else self.path.name}"
 
 
 def _read_yaml(path: Path, field: str = "") -> dict[str, Any]:

@@ -77,15 +77,15 @@ def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = F
         raise ValueError(f"--max-parallel: must be at least 1 (got {max_parallel})")
     path = Path(catalogue).resolve()
     cat = load_catalogue(path, only=only)
-    parent = start_catalogue_run(path, cat.tracking.experiment, f"{path.stem} {datetime.now():%Y-%m-%d %H:%M}")
-    rows = [_record_invalid_spec(parent, cat.tracking.experiment, file, problems)
+    parent = start_catalogue_run(path, cat.experiment, f"{path.stem} {datetime.now():%Y-%m-%d %H:%M}")
+    rows = [_record_invalid_spec(parent, cat.experiment, file, problems)
             for file, problems in cat.problems.items()]
     total = len(rows) + len(cat.specs)
     with _task_runner(dask, max_parallel or cat.run.max_parallel) as runner:
         futures = {runner.submit(migrate_one, {"spec": spec, "settings": cat.run, "catalogue": str(path),
                                                "parent_run_id": parent.run_id, "tracking_uri": parent.tracking_uri,
                                                "journal": str(parent.journal.folder),
-                                               "experiment": cat.tracking.experiment,
+                                               "experiment": cat.experiment,
                                                "force": force, "force_stage": force_stage}): name
                    for name, spec in cat.specs.items()}
         for future in as_completed(list(futures)):

@@ -110,6 +110,13 @@ def test_catalogue_run_on_a_tracking_server_and_in_its_ui(catalogue, mlflow_serv
         assert all(run.data.metrics[f"parity.{output}.{k}"] <= 1e-5 for k in PARITY)
         assert {f"spec/{name}.yaml", "inventory.json", "name_map.json", "parity.json",
                 "savedmodel/saved_model.pb"} <= artifacts[name]
+        assert {"plots/coverage.png", f"plots/parity-{output}-abs-err.png", f"plots/parity-{output}-scatter.png"} \
+            <= artifacts[name]
+        name_, number = run.data.tags["registry.version"].split("/")  # registered, through the server
+        version = client.get_model_version(name_, number)
+        assert name_ == name and version.tags["mlflow.run_id"] == run.info.run_id
+        assert version.aliases == ["migrated"] and version.tags["verdict"] == "passed"
+    assert "mlp_broken" not in {m.name for m in client.search_registered_models()}  # failures never are
     history = client.get_metric_history(children["mlp"].info.run_id, "parity.probs.max_abs_err")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]  # one value per shard
     broken = children["mlp_broken"]

@@ -115,10 +115,19 @@ def test_catalogue_defaults_merge_and_spec_wins(fake_model):
     """)
     cat = load_catalogue(fake_model / "specs/catalogue.yaml")
     spec = cat.specs["demo"]
-    assert cat.tracking.experiment == "demo-exp"
+    assert cat.tracking.experiment == cat.experiment == "demo-exp"
     assert spec.name_map.skip == ["optimizer"] and spec.name_map.strict is False
     assert spec.name_map.rules[0].from_ == "(.*)"  # the spec's own rules kept
     assert spec.verify.batch_size == 7 and spec.verify.tolerance.rtol == 0.2
+
+
+def test_each_catalogue_has_its_own_experiment_by_default(fake_model):
+    write(fake_model, "specs/models/demo.yaml", GOOD.replace("zoo/", "../../zoo/"))
+    (fake_model / "pyproject.toml").write_text("")  # the project root
+    for name in ("nightly.yaml", "team-b/catalogue.yaml"):
+        write(fake_model, f"specs/{name}", f"models: [{'../' if '/' in name else ''}models/*.yaml]\n")
+    assert load_catalogue(fake_model / "specs/nightly.yaml").experiment == "ferry specs/nightly.yaml"
+    assert load_catalogue(fake_model / "specs/team-b/catalogue.yaml").experiment == "ferry specs/team-b/catalogue.yaml"
 
 
 def test_invalid_spec_is_collected_not_raised(fake_model):
