@@ -63,3 +63,13 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    """Every artifact path of an MLflow run, folders included, recursively."""
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out.add(item.path)
+        if item.is_dir:
+            out |= artifact_paths(client, run_id, item.path)
+    return out

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import artifact_paths
 from mlflow.tracking import MlflowClient
 
 from ferry.cli import main
@@ -29,15 +30,6 @@ def runs_of(client: MlflowClient, experiment: str):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     return parents, children
-
-
-def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
-    out = set()
-    for item in client.list_artifacts(run_id, path):
-        out.add(item.path)
-        if item.is_dir:
-            out |= artifact_paths(client, run_id, item.path)
-    return out
 
 
 MODELS = {"gru_seq": "scores", "linear": "y", "mlp": "probs", "mnist_cnn": "probs", "resnet_bn": "probs",

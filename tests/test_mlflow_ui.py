@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import artifact_paths
 from mlflow.tracking import MlflowClient
 
 from flows.migrate import CatalogueFailed, migrate_catalogue
@@ -47,15 +48,6 @@ for (const [key, value] of Object.entries({
     "mlflow.telemetry.info.alert.dismissed_v1": true,
 })) window.localStorage.setItem(key, JSON.stringify(value));
 """
-
-
-def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
-    out = set()
-    for item in client.list_artifacts(run_id, path):
-        out.add(item.path)
-        if item.is_dir:
-            out |= artifact_paths(client, run_id, item.path)
-    return out
 
 
 def keep_models(catalogue: Path) -> None:
