@@ -32,13 +32,11 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
-from prefect_server import _stop, _tail, free_port
+from prefect_server import _stop, free_port, wait_healthy
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -64,17 +62,8 @@ def run_mlflow_server(folder: Path, port: int | None = None, startup_timeout: fl
         process = subprocess.Popen(command, cwd=folder, env=mlflow_env(), stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited {process.returncode}:\n{_tail(log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                response = httpx.get(f"{url}/health", timeout=2)
-                if response.status_code == 200 and response.text.strip() == "OK":
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not answer within {startup_timeout}s:\n{_tail(log)}")
-            time.sleep(0.25)
+        wait_healthy("mlflow server", process, f"{url}/health", log, startup_timeout,
+                     ok=lambda r: r.status_code == 200 and r.text.strip() == "OK")
         yield url
     finally:
         _stop(process)

@@ -101,19 +101,25 @@ def run_prefect_server(folder: Path, port: int | None = None, startup_timeout: f
                                    cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"prefect server exited {process.returncode}:\n{_tail(log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not answer within {startup_timeout}s:\n{_tail(log)}")
-            time.sleep(0.25)
+        wait_healthy("prefect server", process, f"{api_url}/health", log, startup_timeout)
         yield api_url
     finally:
         _stop(process)
+
+
+def wait_healthy(what: str, process: subprocess.Popen, health_url: str, log: Path, timeout: float,
+                 ok=lambda response: response.status_code == 200) -> None:
+    """Wait until `health_url` answers `ok`; raise with the log's tail if the process ends or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited {process.returncode}:\n{_tail(log)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if ok(httpx.get(health_url, timeout=2)):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer within {timeout}s:\n{_tail(log)}")
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")
