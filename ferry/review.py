@@ -13,6 +13,7 @@ import numpy as np
 
 import ferry
 from ferry.cache import build_id, checkpoint_files, fingerprint
+from ferry.paths import write_atomically
 from ferry.spec import ModelSpec
 from ferry.tracking import Run
 
@@ -105,6 +106,56 @@ def log_plots(run: Run, spec: ModelSpec, work: Path, attempted: dict[str, float]
             made += parity_plots(reference, candidate, name, folder, tol.atol, tol.rtol)
     if made:
         run.artifact(folder, "plots")
+
+
+def log_savedmodel(run: Run, path: Path, work: Path, cached: bool) -> None:
+    """Log the SavedModel as an artifact; a cached export points at the run that logged it instead of
+    copying the same files again (tag `savedmodel.run_id`)."""
+    marker = work / "savedmodel.run_id"
+    if cached and marker.exists():
+        run.tags({"savedmodel.run_id": marker.read_text()})
+        return
+    run.artifact(path, "savedmodel")
+    run.tags({"savedmodel.run_id": run.run_id})
+    write_atomically(marker, run.run_id)
+
+
+def log_stage_files(run: Run, work: Path, attempted: dict[str, float]) -> None:
+    """Log what this run's stages wrote (files of stages not reached may be an earlier run's)."""
+    if "inspect" in attempted and (work / "inventory.json").exists():
+        run.artifact(work / "inventory.json")
+    if "restore" in attempted and (work / "mapping.json").exists():
+        mapping = json.loads((work / "mapping.json").read_text())
+        run.table(mapping["table"], "name_map.json")
+        run.metrics({f"coverage.{k}": v for k, v in mapping["coverage"].items()})
+    if "verify" in attempted and (work / "parity.json").exists():
+        run.artifact(work / "parity.json")
+
+
+def register_model(run: Run, spec: ModelSpec, info: dict[str, Any], exported: dict[str, Any],
+                   tags: dict[str, str]) -> None:
+    """Register the SavedModel under the spec's name (alias `migrated`), unless that version is this very
+    SavedModel already (a cached rerun). Only for a model that passed."""
+    savedmodel_sha = exported["files"][exported["path"]]
+    current = migrated_version(run, spec.name)
+    if current is not None and current.tags.get("savedmodel.sha256") == savedmodel_sha:
+        run.tags({"registry.version": f"{spec.name}/{current.version}"})
+        return
+    run.register(spec.name, exported["path"], info["inputs"], list(spec.source.outputs), str(spec.shard_paths()[0]),
+                 {"checkpoint.sha256": tags["checkpoint.sha256"], "spec.sha256": tags["spec.sha256"],
+                  "verdict": "passed", "ferry.version": ferry.__version__, "source.meta": str(spec.source.meta),
+                  "mlflow.run_id": run.run_id, "savedmodel.sha256": savedmodel_sha})
+
+
+
+def migrated_version(run: Run, name: str):
+    """The registered version aliased `migrated`, or None (none yet, or the store is out of reach)."""
+    if run.offline:
+        return None
+    try:
+        return run.client.get_model_version_by_alias(name, "migrated")
+    except Exception:  # noqa: BLE001 - no such model or alias
+        return None
 
 
 def _percent(value: float | None) -> str:

@@ -7,7 +7,6 @@ threads here or, with `dask`, on the workers of a Dask cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -28,9 +27,10 @@ from prefect.transactions import CommitMode, transaction
 
 from ferry.isolation import ModelProcess
 from ferry.parity import ParityError, judge
-from ferry.paths import work_dir, write_atomically
+from ferry.paths import work_dir
 from ferry.report import format_summary, summary_row
-from ferry.review import description, link_tags, log_datasets, log_plots, prefect_ui_url
+from ferry.review import (description, link_tags, log_datasets, log_plots, log_savedmodel, log_stage_files,
+                          prefect_ui_url, register_model)
 from ferry.spec import Catalogue, ModelSpec, RunSettings, load_catalogue, spec_name_hint
 from ferry.tracking import ModelRecord, Run, StageFailed, attach_run, start_catalogue_run, start_model_run
 from tasks.stages import STAGES, ModelRun, forced_stages
@@ -163,19 +163,19 @@ def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_r
             with record.stage("export"):
                 exported = stages.run("export", info, restored["weights"], str(spec.shard_paths()[0]),
                                       upstream=(restored,))
-                _log_savedmodel(run, Path(exported["path"]), work, cached=stages.states["export"] == "Cached")
+                log_savedmodel(run, Path(exported["path"]), work, cached=stages.states["export"] == "Cached")
     except StageFailed as exc:
         error = exc
     cached = _cached(stages.states)
-    _log_stage_files(run, work, record.durations)
-    _log_plots(run, spec, work, record.durations)
+    log_stage_files(run, work, record.durations)
+    _for_review(run, model, "plots", log_plots, spec, work, record.durations)
     row = summary_row(model, "passed" if error is None else "failed", record.failed_stage, record.durations, work,
                       exported["path"] if exported else None, error.cause if error else None, cached)
     row["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # where the model's task ran (Dask: which worker)
     tags = link_tags(spec, stages.task_runs)
     tags.update({"cached_stages": cached, "mlflow.note.content": description(spec, row, tags["checkpoint.sha256"])})
     if error is None:  # only a migration that passed is handed over
-        _register(run, spec, info, exported, tags)
+        _for_review(run, model, "registry", register_model, spec, info, exported, tags)
     record.finish(ok=error is None, error=str(error) if error else None, tags=tags)
     if error is not None:
         error.row = row
@@ -183,54 +183,14 @@ def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_r
     return row
 
 
-def _register(run: Run, spec: ModelSpec, info: dict[str, Any], exported: dict[str, Any], tags: dict[str, str]) -> None:
-    """Register the SavedModel under the spec's name (alias `migrated`), unless that version is this very
-    SavedModel already (a cached rerun); a registry error is recorded on the run (tag `registry.error`)
-    and does not undo the migration."""
-    savedmodel_sha = exported["files"][exported["path"]]
+def _for_review(run: Run, model: str, what: str, fn, *args) -> None:
+    """Log something for the reviewer (plots, the registration); its failure is recorded on the run
+    (tag `<what>.error`) and in the log, and never fails a migration that is otherwise complete."""
     try:
-        current = _migrated_version(run, spec.name)
-        if current is not None and current.tags.get("savedmodel.sha256") == savedmodel_sha:
-            run.tags({"registry.version": f"{spec.name}/{current.version}"})
-            return
-        run.register(spec.name, exported["path"], info["inputs"], list(spec.source.outputs), str(spec.shard_paths()[0]),
-                     {"checkpoint.sha256": tags["checkpoint.sha256"], "spec.sha256": tags["spec.sha256"],
-                      "verdict": "passed", "ferry.version": ferry.__version__, "source.meta": str(spec.source.meta),
-                      "mlflow.run_id": run.run_id, "savedmodel.sha256": savedmodel_sha})
+        fn(run, *args)
     except Exception as exc:  # noqa: BLE001
-        get_run_logger().warning("%s: registering the model failed: %s", spec.name, exc)
-        run.tags({"registry.error": f"{type(exc).__name__}: {exc}"[:5000]})
-
-
-def _migrated_version(run: Run, name: str):
-    """The registered version aliased `migrated`, or None (none yet, or the store is out of reach)."""
-    if run.offline:
-        return None
-    try:
-        return run.client.get_model_version_by_alias(name, "migrated")
-    except Exception:  # noqa: BLE001 - no such model or alias
-        return None
-
-
-def _log_plots(run: Run, spec: ModelSpec, work: Path, attempted: dict[str, float]) -> None:
-    """The review plots; a plotting error is recorded on the run (tag `plots.error`), never fails the model."""
-    try:
-        log_plots(run, spec, work, attempted)
-    except Exception as exc:  # noqa: BLE001
-        get_run_logger().warning("%s: plots failed: %s", spec.name, exc)
-        run.tags({"plots.error": f"{type(exc).__name__}: {exc}"[:5000]})
-
-
-def _log_savedmodel(run: Run, path: Path, work: Path, cached: bool) -> None:
-    """Log the SavedModel as an artifact; a cached export points at the run that logged it instead of
-    copying the same files again (tag `savedmodel.run_id`)."""
-    marker = work / "savedmodel.run_id"
-    if cached and marker.exists():
-        run.tags({"savedmodel.run_id": marker.read_text()})
-        return
-    run.artifact(path, "savedmodel")
-    run.tags({"savedmodel.run_id": run.run_id})
-    write_atomically(marker, run.run_id)
+        get_run_logger().warning("%s: %s failed: %s", model, what, exc)
+        run.tags({f"{what}.error": f"{type(exc).__name__}: {exc}"[:5000]})
 
 
 def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], run: Run, work: Path) -> None:
@@ -239,6 +199,7 @@ def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], ru
     shards = stages.spec.shard_paths()
     if not shards:
         raise ValueError(f"{stages.spec.spec_file}: verify.shards: no file matches {stages.spec.verify.shards!r}")
+
     def one(index: int, shard: Path) -> Any:
         try:
             return stages.run("verify", info, restored["weights"], str(shard), index,
@@ -267,18 +228,6 @@ def _cached(states: dict[str, str]) -> str:
     if cached and len(cached) == len(states) and "export" in states:
         return "all"
     return ",".join(cached)
-
-
-def _log_stage_files(run: Run, work: Path, attempted: dict[str, float]) -> None:
-    """Log what this run's stages wrote (files of stages not reached may be an earlier run's)."""
-    if "inspect" in attempted and (work / "inventory.json").exists():
-        run.artifact(work / "inventory.json")
-    if "restore" in attempted and (work / "mapping.json").exists():
-        mapping = json.loads((work / "mapping.json").read_text())
-        run.table(mapping["table"], "name_map.json")
-        run.metrics({f"coverage.{k}": v for k, v in mapping["coverage"].items()})
-    if "verify" in attempted and (work / "parity.json").exists():
-        run.artifact(work / "parity.json")
 
 
 def _finish_catalogue(parent: Run, cat: Catalogue, rows: list[dict[str, Any]]) -> None:
