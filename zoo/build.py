@@ -412,28 +412,34 @@ def build_one(name: str, out: Path, force: bool) -> None:
     print(f"{name:<11} {n_keys:3d} checkpoint variables, {steps:2d} steps, {took:5.1f} s", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description="Build the TF1-era example model zoo.")
+def run_cli(argv: list[str] | None, description: str, models: dict, default: list[str],
+            build_one: Callable[[str, Path, bool], None], label: str, note: str = "") -> int:
+    """The zoo scripts' shared command line: --out, --only NAME..., --force; build; one summary line."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
                         help="output folder (default: the folder holding this script)")
     parser.add_argument("--only", nargs="+", action="extend", metavar="NAME",
-                        help=f"build only these models (known: {', '.join(MODELS)})")
+                        help=f"build only these models (known: {', '.join(models)}; default: {', '.join(default)})")
     parser.add_argument("--force", action="store_true", help="rebuild models already built")
     args = parser.parse_args(argv)
 
-    names = args.only or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
+    names = args.only or default
+    unknown = [n for n in names if n not in models]
     if unknown:
-        parser.error(f"unknown model(s): {', '.join(unknown)}; known models: {', '.join(MODELS)}")
+        parser.error(f"unknown model(s): {', '.join(unknown)}; known models: {', '.join(models)}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for name in dict.fromkeys(names):  # dedupe, keep order
         build_one(name, args.out, args.force)
-    print(f"zoo: {len(set(names))} model(s) in {args.out} ({time.perf_counter() - start:.1f} s, "
-          f"TF {tf.__version__})", flush=True)
+    print(f"{label}: {len(set(names))} model(s) in {args.out} ({time.perf_counter() - start:.1f} s, "
+          f"TF {tf.__version__}{note})", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    return run_cli(argv, "Build the TF1-era example model zoo.", MODELS, list(MODELS), build_one, "zoo")
 
 
 if __name__ == "__main__":

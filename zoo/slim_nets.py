@@ -28,11 +28,9 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf_slim's layers sit on the tf.compat
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -97,7 +95,7 @@ import tf_slim as slim  # noqa: E402
 from tf_slim.nets import alexnet, inception_v1, overfeat, resnet_v1, resnet_v2, vgg  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build import build_atomically  # noqa: E402  (zoo/build.py: the same atomic folder swap)
+from build import build_atomically, run_cli  # noqa: E402  (zoo/build.py: atomic folder swap, command line)
 
 v1 = tf.compat.v1
 SEED = 1234
@@ -366,28 +364,8 @@ def build_resnet_v1_50(out: Path, size: int = 224, *, force: bool = False) -> Pa
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description="Build TF1 networks from tf_slim.nets.")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                        help="output folder (default: the folder holding this script)")
-    parser.add_argument("--only", nargs="+", action="extend", metavar="NAME",
-                        help=f"build only these networks (known: {', '.join(MODELS)}; "
-                             f"default: {', '.join(DEFAULT)})")
-    parser.add_argument("--force", action="store_true", help="rebuild networks already built")
-    args = parser.parse_args(argv)
-
-    names = args.only or DEFAULT
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        parser.error(f"unknown model(s): {', '.join(unknown)}; known models: {', '.join(MODELS)}")
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    for name in dict.fromkeys(names):  # dedupe, keep order
-        build_one(name, args.out, args.force)
-    print(f"slim nets: {len(set(names))} model(s) in {args.out} "
-          f"({time.perf_counter() - start:.1f} s, TF {tf.__version__}; shims: {SHIMS or 'none'})",
-          flush=True)
-    return 0
+    return run_cli(argv, "Build TF1 networks from tf_slim.nets.", MODELS, DEFAULT, build_one, "slim nets",
+                   f"; shims: {SHIMS or 'none'}")
 
 
 if __name__ == "__main__":
