@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import ferry
-from ferry.spec import SpecError, load_catalogue
+from ferry.spec import STAGES, SpecError, load_catalogue
 
 DEFAULT_CATALOGUE = "specs/catalogue.yaml"
-STAGES = ("inspect", "reconstruct", "restore", "verify", "export")  # tasks.stages.STAGES, without importing Prefect
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -16,14 +16,14 @@ def summary_row(model: str, status: str, failed_stage: str | None, durations: di
     if work and "restore" in durations and (work / "mapping.json").exists():
         coverage = json.loads((work / "mapping.json").read_text())["coverage"]["model_weights"]
     if work and "verify" in durations and (work / "parity.json").exists():
-        shards = json.loads((work / "parity.json").read_text())["shards"]
-        outputs = [o for shard in shards for o in shard["outputs"].values() if "max_abs_err" in o]
-        for shard in shards:
+        rel: list[float] = []
+        for shard in json.loads((work / "parity.json").read_text())["shards"]:
             for name, o in shard["outputs"].items():
                 if "max_abs_err" in o:
                     by_output[name] = max(by_output.get(name, 0.0), o["max_abs_err"])
-        worst = max((o["max_abs_err"] for o in outputs), default=None)
-        worst_rel = max((o["norm_rel_err"] for o in outputs), default=None)
+                    rel.append(o["norm_rel_err"])
+        worst = max(by_output.values(), default=None)
+        worst_rel = max(rel, default=None)
     return {"model": model, "status": status, "failed_stage": failed_stage or "", "coverage": coverage,
             "worst_abs_err": worst, "worst_rel_err": worst_rel, "seconds": round(sum(durations.values()), 2),
             "cached": cached, "export": export or "",

@@ -96,7 +96,10 @@ def log_plots(run: Run, spec: ModelSpec, work: Path, attempted: dict[str, float]
     files = sorted((work / "outputs").glob("shard-*.npz")) if "verify" in attempted else []
     files = [f for f in files if int(f.stem.split("-")[1]) < len(spec.shard_paths())]
     if files:
-        loaded = [np.load(f) for f in files]
+        loaded = []
+        for file in files:
+            with np.load(file) as data:
+                loaded.append({key: data[key] for key in data.files})
         for name in spec.source.outputs:
             reference = np.concatenate([d[f"{name}.reference"].ravel() for d in loaded])
             candidate = np.concatenate([d[f"{name}.candidate"].ravel() for d in loaded])

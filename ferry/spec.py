@@ -306,6 +306,9 @@ class StageTimeouts(_Strict):
     export: float = Field(3600, gt=0)
 
 
+STAGES = tuple(StageTimeouts.model_fields)  # inspect, reconstruct, restore, verify, export: in order
+
+
 class RunSettings(_Strict):
     """How a catalogue run executes: models at once, per-stage timeouts, memory, devices."""
 

@@ -20,9 +20,7 @@ from prefect.logging import get_run_logger
 
 from ferry.cache import checkpoint_files, fingerprint, stage_key
 from ferry.isolation import ModelProcess
-from ferry.spec import ModelSpec, StageTimeouts
-
-STAGES = ("inspect", "reconstruct", "restore", "verify", "export")
+from ferry.spec import STAGES, ModelSpec, StageTimeouts
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ class ModelRun:
                                         result_storage=self.work / "results", refresh_cache=stage in self.force)
         state = task_(stage, label, self, list(args), list(upstream), return_state=True)
         result = state.result()
-        if state.name == "Cached" and not files_intact(result):  # e.g. the SavedModel was deleted since
+        if state.name == "Cached" and not files_intact(result, self.memo_dir):  # e.g. the SavedModel was deleted since
             state = task_.with_options(refresh_cache=True)(stage, label, self, list(args), list(upstream),
                                                            return_state=True)
             result = state.result()
@@ -83,7 +81,12 @@ class ModelRun:
         if "verify" in sections:  # verification caches per shard: the glob itself is not an input
             sections["verify"] = {k: v for k, v in sections["verify"].items() if k != "shards"}
         return stage_key(self.spec.name, label, sections, self.input_files(stage, args), [args, upstream],
-                         memo_dir=self.work.parent.parent / "fingerprints")
+                         memo_dir=self.memo_dir)
+
+    @property
+    def memo_dir(self) -> Path:
+        """Where file digests are remembered (`.ferry/fingerprints/`)."""
+        return self.work.parent.parent / "fingerprints"
 
     def input_files(self, stage: str, args: list[Any]) -> list[Path]:
         """The files a stage reads: the graph, the checkpoint, factory code, its shard."""
@@ -105,10 +108,10 @@ def factory_files(spec: ModelSpec) -> list[Path]:
     return [p for p in (base.with_suffix(".py"), base / "__init__.py") if p.exists()]
 
 
-def files_intact(result: Any) -> bool:
+def files_intact(result: Any, memo_dir: Path | None = None) -> bool:
     """Whether the files a result names (`files: {path: fingerprint}`) are still there, unchanged."""
     files = result.get("files", {}) if isinstance(result, dict) else {}
-    return all(fingerprint(Path(path)) == digest for path, digest in files.items())
+    return all(fingerprint(Path(path), memo_dir) == digest for path, digest in files.items())
 
 
 def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
