@@ -160,7 +160,7 @@ class Translator:
             name = self.inputs[op.name]
         else:
             try:
-                name = self.emit(op, tensor)
+                name = self._emit_named(op, tensor)
             except _Unsupported as exc:
                 self.unsupported.setdefault(exc.op_type, exc.node)
                 name = layer_name(op.name)
@@ -170,6 +170,16 @@ class Translator:
                         self.node(upstream)
         self.names[tensor.name] = name
         return name
+
+    def _emit_named(self, op: tf.Operation, tensor: tf.Tensor) -> str:
+        """`emit`, with any error a handler did not foresee reported against this node, never raw."""
+        try:
+            return self.emit(op, tensor)
+        except (Dead, _Unsupported):
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a shape known only at run time
+            message = (str(exc).splitlines() or [""])[0][:200]
+            raise _Unsupported(f"{op.type} ({type(exc).__name__}: {message})", op.name) from exc
 
     def add(self, name: str, inputs: list[str], **spec: Any) -> str:
         """Append a node: name, `class` or `op`, inputs, then the arguments (defaults left out)."""

@@ -31,6 +31,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Migrate the catalogue (or the --only models) and print the summary."""
+    from ferry.prefect_api import ensure_api
+
+    load_catalogue(Path(args.catalogue), only=args.only or None, check_files=False)  # a bad catalogue fails first
+    ensure_api()
     from flows.migrate import CatalogueFailed, migrate_catalogue
 
     state = migrate_catalogue(str(Path(args.catalogue).resolve()), args.only or None, force=args.force or bool(args.stage),
@@ -55,11 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_relog(args: argparse.Namespace) -> int:
     """Log the records of a catalogue run that could not reach MLflow (its journal) into a store."""
     from ferry.paths import project_root
-    from ferry.tracking import relog, tracking_uri
+    from ferry.tracking import absolute_uri, relog, tracking_uri
 
     catalogue = Path(args.catalogue).resolve()
     folder = Path(args.journal) if "/" in args.journal else project_root(catalogue) / ".ferry" / "relog" / args.journal
-    uri = args.tracking_uri or tracking_uri(catalogue)
+    uri = absolute_uri(args.tracking_uri) if args.tracking_uri else tracking_uri(catalogue)
     ids = relog(folder, uri)
     print(f"ferry: relogged {folder} into {uri}: {len(ids)} runs created")
     return 0
@@ -142,13 +146,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ferry.prefect_api import PrefectUnavailable
+
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except SpecError as exc:
-        print(f"ferry: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (SpecError, PrefectUnavailable, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"ferry: {exc}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ arguments, and gets back small results, logs, or the stage's exception.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import logging
 import os
@@ -31,7 +32,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 # What a model process needs; imported once by the zygote so forks start warm.
 PRELOAD = ("tensorflow", "keras", "ferry.runtime", "tasks.inspect", "tasks.reconstruct", "tasks.restore",
@@ -267,8 +268,9 @@ def _run_zygote(folder: Path) -> None:
     """Preload, then fork a model process per connection; exit when the parent closes our stdin."""
     import ferry  # noqa: F401  (TF environment defaults)
 
-    for module in PRELOAD:
-        importlib.import_module(module)
+    with quiet_native_stderr():
+        for module in PRELOAD:
+            importlib.import_module(module)
     children: set[int] = set()
 
     def reap(*_: object) -> None:
@@ -330,13 +332,41 @@ class _ForwardLogs(logging.Handler):
             self.send(("log", call_id, record.levelno, record.getMessage()))
 
 
+# What TensorFlow's native code prints on every start of a machine without CUDA: not news to anyone.
+_NATIVE_NOISE = ("All log messages before absl::InitializeLog()", "Could not find cuda drivers",
+                 "failed call to cuInit", "Unable to register cu", "computation placer already registered",
+                 "oneDNN custom operations are on")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Hold back what native code writes to stderr (fd 2) while TensorFlow loads and finds its devices;
+    pass on every line but the known start-up notices (`_NATIVE_NOISE`)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines()
+                    if not any(noise in line for noise in _NATIVE_NOISE)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
 def _configure_devices(cpu_devices: int | None) -> None:
-    """Split the CPU into N logical devices when there is no GPU (the multi-GPU path, tested on CPU)."""
-    if not cpu_devices:
-        return
+    """Find the devices (quietly); split the CPU into N logical devices when there is no GPU (the multi-GPU
+    path, tested on CPU)."""
     import tensorflow as tf
 
-    if not tf.config.list_physical_devices("GPU"):
+    with quiet_native_stderr():
+        gpus = tf.config.list_physical_devices("GPU")
+    if cpu_devices and not gpus:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
 
@@ -383,7 +413,8 @@ def _serve(conn: Connection) -> None:
 
 
 # Exceptions sent back as themselves: their modules import without TensorFlow (the parent never does).
-_PORTABLE_MODULES = ("builtins", "ferry.isolation", "ferry.namemap", "ferry.parity", "ferry.spec", "ferry.transforms")
+_PORTABLE_MODULES = ("builtins", "ferry.isolation", "ferry.namemap", "ferry.parity", "ferry.shards", "ferry.spec",
+                     "ferry.transforms")
 
 
 def _portable(exc: BaseException) -> BaseException:

@@ -8,10 +8,11 @@ Three forms: `layers` (sequential), `graph` (functional DAG of layers and `keras
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import keras
@@ -135,19 +136,22 @@ def build_model(spec: ModelSpec, inputs: dict[str, dict[str, Any]],
     if arch.graph:
         outputs = _functional(spec, tensors, graph_values)
     else:
-        outputs = _factory(spec, tensors)
+        with _naming(spec, f"architecture.factory.function ({arch.factory.function})"):
+            outputs = _factory(spec, tensors)
     return keras.Model(list(tensors.values()) if len(tensors) > 1 else next(iter(tensors.values())),
                        outputs, name=spec.name)
 
 
 def _sequential(spec: ModelSpec, tensors: dict[str, Any], graph_values: GraphValues) -> keras.Model:
     if len(tensors) != 1:
-        raise ArchitectureError(f"the `layers` form takes exactly one input, the spec declares {sorted(tensors)}")
+        raise ArchitectureError(f"{spec.spec_file}: architecture.layers: the `layers` form takes exactly one input, "
+                                f"the spec declares {sorted(tensors)}")
     layers = spec.architecture.layers
     model = keras.Sequential(name=spec.name)
     model.add(next(iter(tensors.values())))
-    for layer, name in zip(layers, layer_names(layers)):
-        model.add(make_layer(layer.class_name, layer.config, name, graph_values.get(name, {})))
+    for i, (layer, name) in enumerate(zip(layers, layer_names(layers))):
+        with _naming(spec, f"architecture.layers[{i}] ({name})"):
+            model.add(make_layer(layer.class_name, layer.config, name, graph_values.get(name, {})))
     return model
 
 
@@ -155,17 +159,27 @@ def _functional(spec: ModelSpec, tensors: dict[str, Any], graph_values: GraphVal
     graph = spec.architecture.graph
     values = dict(tensors)
     for i, node in enumerate(graph.nodes):
-        try:
-            args = [values[n] for n in node.inputs]
-        except KeyError as exc:
-            raise ArchitectureError(f"architecture.graph.nodes[{i}] ({node.name}): input {exc} is not a spec "
-                                    "input or an earlier node") from None
-        if node.class_name:
-            layer = make_layer(node.class_name, node.config, node.name, graph_values.get(node.name, {}))
-            values[node.name] = layer(args) if node.class_name in MERGE_LAYERS else layer(*args)
-        else:
-            values[node.name] = keras_op(node.op)(*args, *node.args, **node.config)
+        with _naming(spec, f"architecture.graph.nodes[{i}] ({node.name})"):
+            try:
+                args = [values[n] for n in node.inputs]
+            except KeyError as exc:
+                raise ArchitectureError(f"input {exc} is not a spec input or an earlier node") from None
+            if node.class_name:
+                layer = make_layer(node.class_name, node.config, node.name, graph_values.get(node.name, {}))
+                values[node.name] = layer(args) if node.class_name in MERGE_LAYERS else layer(*args)
+            else:
+                values[node.name] = keras_op(node.op)(*args, *node.args, **node.config)
     return [values[graph.outputs[name]] for name in spec.source.outputs]
+
+
+@contextlib.contextmanager
+def _naming(spec: ModelSpec, field: str) -> Iterator[None]:
+    """Errors building one layer or node name the spec file and its field (Keras' own text kept)."""
+    try:
+        yield
+    except (ArchitectureError, TypeError, ValueError, KeyError, IndexError) as exc:
+        message = str(exc).strip() or type(exc).__name__
+        raise ArchitectureError(f"{spec.spec_file}: {field}: {message}") from None
 
 
 def _factory(spec: ModelSpec, tensors: dict[str, Any]) -> list[Any]:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import socket
+import uuid
 from pathlib import Path
+from typing import Callable, Iterator
 
 
 def project_root(start: Path) -> Path:
@@ -27,8 +32,44 @@ def work_dir(catalogue: Path, model: str, fresh: bool = False) -> Path:
     return path
 
 
+def temporary_sibling(path: Path, suffix: str = ".tmp") -> Path:
+    """A name beside `path` that no other process or thread uses: `.<name>.<pid>-<random><suffix>`."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: never half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = temporary_sibling(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def model_lock(work: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold a model's work folder for one run at a time (two runs of one catalogue at once wait for each
+    other model by model instead of writing the same files). The lock dies with its process; once held,
+    temporary files a killed run left in the folder are removed."""
+    path = Path(work) / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            say(f"{Path(work).name}: waiting for another run of this model ({handle.read().strip() or 'unknown'})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        for leftover in Path(work).glob(".*.tmp*"):  # a killed run's half-written files
+            (shutil.rmtree if leftover.is_dir() else os.remove)(leftover)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from ferry import shards
 from ferry.model import model_from_info
 from ferry.spec import ModelSpec
 
@@ -25,13 +26,8 @@ def device_for(index: int) -> str:
 
 
 def load_shard(spec: ModelSpec, shard: Path) -> dict[str, np.ndarray]:
-    """The shard's arrays for the spec's inputs; an error names the shard and the missing keys."""
-    with np.load(shard) as data:
-        missing = [name for name in spec.source.inputs if name not in data.files]
-        if missing:
-            raise ValueError(f"{spec.spec_file}: verify.shards: {shard} has no array for inputs {missing} "
-                             f"(it holds {data.files})")
-        return {name: data[name] for name in spec.source.inputs}
+    """The shard's arrays for the spec's inputs; an error names the spec, the shard and what is wrong."""
+    return shards.load_shard(Path(shard), list(spec.source.inputs), f"{spec.spec_file}: verify.shards")
 
 
 def _batches(arrays: dict[str, np.ndarray], size: int):
@@ -49,7 +45,11 @@ def run_tf1(spec: ModelSpec, arrays: dict[str, np.ndarray], batch_size: int, dev
         fetches = {name: graph.get_tensor_by_name(t) for name, t in spec.source.outputs.items()}
     with tf.compat.v1.Session(graph=graph) as sess:
         if saver is not None:
-            saver.restore(sess, str(spec.source.checkpoint_prefix))
+            try:
+                saver.restore(sess, str(spec.source.checkpoint_prefix))
+            except tf.errors.OpError as exc:
+                raise ValueError(f"{spec.spec_file}: source.checkpoint: the graph's own Saver cannot restore "
+                                 f"{spec.source.checkpoint_prefix}: {exc.message.splitlines()[0]}") from None
         parts = [sess.run(fetches, {feeds[k]: v for k, v in batch.items()}) for batch in _batches(arrays, batch_size)]
     return {name: np.concatenate([p[name] for p in parts]) for name in spec.source.outputs}
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ferry.shards import shard_problem
+
 
 class SpecError(Exception):
     """One or more problems in spec or catalogue files."""
@@ -237,10 +239,12 @@ class NameMap(_Strict):
 
 
 class Tolerance(_Strict):
-    """Pass when |keras - tf1| <= atol + rtol * |tf1| for every element."""
+    """Pass when |keras - tf1| <= atol + rtol * |tf1| for every element. NaN and inf fail an output
+    unless `allow_nonfinite` and both sides hold the same non-finite value at the same place."""
 
     atol: float = Field(1e-5, ge=0)
     rtol: float = Field(1e-5, ge=0)
+    allow_nonfinite: bool = Field(False, description="accept NaN/inf where TF1 and Keras agree on them")
 
 
 class Verify(_Strict):
@@ -451,6 +455,9 @@ def _check_files(spec: ModelSpec, file: Path) -> list[Problem]:
     if not spec.shard_paths():
         problems.append(Problem(file=str(file), field="verify.shards", message="glob matches no file",
                                 value=spec.verify.shards))
+    for shard in spec.shard_paths():
+        if problem := shard_problem(shard, list(src.inputs)):
+            problems.append(Problem(file=str(file), field="verify.shards", message=problem, value=str(shard)))
     return problems
 
 
@@ -493,17 +500,25 @@ def load_catalogue(path: Path, only: list[str] | None = None, check_files: bool 
 
     specs: dict[str, ModelSpec] = {}
     problems: dict[str, list[Problem]] = {}
+    from_defaults: dict[str, Problem] = {}  # problems of the catalogue's defaults, reported once
     for file in files:
         try:
             spec = load_spec(file, cat.defaults, check_files=check_files, factory_modules=tuple(cat.factory_modules),
                              catalogue_dir=path.parent)
         except SpecError as exc:
-            problems[str(file)] = exc.problems
+            own = _own_problems(exc.problems, cat.defaults, file, path, from_defaults)
+            if own:
+                problems[str(file)] = own
             continue
         if spec.name in specs:
             raise SpecError([Problem(file=str(file), field="name", message=(
                 f"duplicate model name, also used by {specs[spec.name].spec_file}"), value=spec.name)])
         specs[spec.name] = spec
+    if from_defaults:
+        raise SpecError(list(from_defaults.values()))
+    for file, problem in _shared_export_dirs(specs):
+        problems.setdefault(file, []).append(problem)
+        specs = {n: s for n, s in specs.items() if str(s.spec_file) != file}
 
     if only:
         names = set(specs) | {spec_name_hint(Path(f)) for f in problems}
@@ -514,6 +529,53 @@ def load_catalogue(path: Path, only: list[str] | None = None, check_files: bool 
         specs = {n: s for n, s in specs.items() if n in only}
         problems = {f: p for f, p in problems.items() if spec_name_hint(Path(f)) in only}
     return Catalogue(path=path, tracking=cat.tracking, run=cat.run, specs=specs, problems=problems)
+
+
+def _has_path(data: Any, field: str) -> bool:
+    """Whether a dotted field path (`verify.tolerance.atol`, `rules[0]`) is present in `data`."""
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", field):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            if not isinstance(data, list) or index >= len(data):
+                return False
+            data = data[index]
+        elif isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return False
+    return True
+
+
+def _own_problems(problems: list[Problem], defaults: dict[str, Any], file: Path, catalogue: Path,
+                  from_defaults: dict[str, Problem]) -> list[Problem]:
+    """The problems of a spec file itself; those of a value it inherits from the catalogue's `defaults` (the
+    spec does not set that field) go to `from_defaults`, once, against the catalogue file."""
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError):
+        return problems
+    own = []
+    for problem in problems:
+        if problem.field and _has_path(defaults, problem.field) and not _has_path(raw, problem.field):
+            moved = problem.model_copy(update={"file": str(catalogue), "field": f"defaults.{problem.field}"})
+            from_defaults.setdefault(moved.field + moved.message, moved)
+        else:
+            own.append(problem)
+    return own
+
+
+def _shared_export_dirs(specs: dict[str, ModelSpec]) -> list[tuple[str, Problem]]:
+    """Specs whose `export.dir` another spec also names: each would overwrite the other's export."""
+    by_dir: dict[Path, list[ModelSpec]] = {}
+    for spec in specs.values():
+        by_dir.setdefault(Path(spec.export.dir).resolve(), []).append(spec)
+    out = []
+    for folder, sharing in by_dir.items():
+        for spec in sharing if len(sharing) > 1 else []:
+            others = ", ".join(str(o.spec_file) for o in sharing if o is not spec)
+            out.append((str(spec.spec_file), Problem(file=str(spec.spec_file), field="export.dir", message=(
+                f"also the export folder of {others}; each model needs its own"), value=str(folder))))
+    return out
 
 
 def spec_name_hint(file: Path) -> str:

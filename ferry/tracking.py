@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from datetime import datetime
@@ -32,8 +33,16 @@ def tracking_uri(catalogue: Path) -> str:
     """`MLFLOW_TRACKING_URI` if set, else a SQLite file at the catalogue's project root."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri
+        return absolute_uri(uri)
     return f"sqlite:///{project_root(catalogue) / 'mlflow.db'}"
+
+
+def absolute_uri(uri: str) -> str:
+    """A SQLite URI with a relative path (`sqlite:///alt.db`) made absolute against the working folder,
+    as the user meant it; other URIs as given."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -185,21 +194,71 @@ def _create_run(client: MlflowClient, journal: Journal, experiment: str, run_nam
     return Run(client, run_id, journal)
 
 
-def start_catalogue_run(catalogue: Path, experiment: str, run_name: str) -> Run:
+def owner_tags() -> dict[str, str]:
+    """Which process holds a run open: a later run closes the runs whose process is gone."""
+    return {"ferry.host": socket.gethostname(), "ferry.pid": str(os.getpid())}
+
+
+def start_catalogue_run(catalogue: Path, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> Run:
     """Create the experiment if needed and open the catalogue's parent run (offline if unreachable)."""
     client = MlflowClient(tracking_uri=tracking_uri(catalogue))
     key = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     journal = Journal(project_root(catalogue) / ".ferry" / "relog" / key)
     return _create_run(client, journal, experiment, run_name, {"ferry.version": ferry.__version__,
                                                                "ferry.catalogue": str(catalogue),
-                                                               "ferry.journal": journal.id})
+                                                               "ferry.journal": journal.id, **owner_tags(),
+                                                               **(tags or {})})
 
 
 def start_model_run(parent: Run, model: str, experiment: str) -> Run:
     """Open a model's run nested under the catalogue run."""
     return _create_run(parent.client, parent.journal, experiment, model, {
         MLFLOW_PARENT_RUN_ID: parent.run_id, MLFLOW_RUN_NAME: model, "ferry.version": ferry.__version__,
-        "env.TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")})
+        "env.TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""), **owner_tags()})
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def close_abandoned_runs(catalogue: Path, experiment: str) -> list[str]:
+    """End the runs of this catalogue's experiment that a killed ferry process left RUNNING (its host is
+    this one and its process is gone): status KILLED, a tag saying why, and their Prefect flow run marked
+    Crashed. Returns one line per run closed; an unreachable store closes nothing."""
+    client = MlflowClient(tracking_uri=tracking_uri(catalogue))
+    host = socket.gethostname()
+    try:
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000) \
+            if found else []
+    except Exception as exc:  # noqa: BLE001 - only tidying up; the run itself reports an unreachable store
+        if unreachable(exc):
+            return []
+        raise
+    notes = []
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get("ferry.pid", "")
+        if tags.get("ferry.host") != host or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        reason = (f"process {pid} on {host} ended without closing this run (killed?); closed as KILLED by a later "
+                  f"run on {datetime.now():%Y-%m-%d %H:%M:%S}")
+        client.set_tag(run.info.run_id, "ferry.abandoned", reason)
+        client.set_terminated(run.info.run_id, "KILLED")
+        notes.append(f"MLflow run {run.info.run_name!r} ({run.info.run_id}) was left RUNNING by {reason}")
+        if tags.get("prefect.flow_run_id"):
+            from ferry.prefect_api import crash_flow_run
+
+            if crash_flow_run(tags["prefect.flow_run_id"], reason):
+                notes.append(f"Prefect flow run {tags['prefect.flow_run_id']} marked Crashed")
+    return notes
 
 
 def attach_run(uri: str, run_id: str, journal: str) -> Run:
@@ -238,6 +297,7 @@ class ModelRecord:
         self.run, self.model = run, model
         self.durations: dict[str, float] = {}
         self.failed_stage: str | None = None
+        self.finished = False
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -254,7 +314,10 @@ class ModelRecord:
             self.durations[name] = time.perf_counter() - start
 
     def finish(self, ok: bool, error: str | None = None, tags: dict[str, Any] | None = None) -> None:
-        """Log the stage durations, status tags and the error; end the run."""
+        """Log the stage durations, status tags and the error; end the run (once)."""
+        if self.finished:
+            return
+        self.finished = True
         tags = {"status": "passed" if ok else "failed", "failed_stage": self.failed_stage or "", **(tags or {})}
         if error:
             tags["error"] = error[:5000]

@@ -7,6 +7,8 @@ threads here or, with `dask`, on the workers of a Dask cluster.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import socket
@@ -22,18 +24,32 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.transactions import CommitMode, transaction
 
 from ferry.isolation import ModelProcess
 from ferry.parity import ParityError, judge
-from ferry.paths import work_dir
+from ferry.paths import model_lock, work_dir
 from ferry.report import format_summary, summary_row
 from ferry.review import (description, link_tags, log_datasets, log_plots, log_savedmodel, log_stage_files,
                           prefect_ui_url, register_model)
 from ferry.spec import Catalogue, ModelSpec, RunSettings, load_catalogue, spec_name_hint
-from ferry.tracking import ModelRecord, Run, StageFailed, attach_run, start_catalogue_run, start_model_run
-from tasks.stages import STAGES, ModelRun, forced_stages
+from ferry.tracking import (ModelRecord, Run, StageFailed, attach_run, close_abandoned_runs, start_catalogue_run,
+                            start_model_run)
+from tasks.stages import REPORTED, STAGES, ModelRun, forced_stages
+
+
+def _no_needless_traceback(record: logging.LogRecord) -> bool:
+    """Keep Prefect's log of a failed task to its message when the traceback says nothing: a stage's error
+    (raised in the model's process; `tasks.stages.REPORTED`), or a task that returned a Failed state
+    (logged with `exc_info` but no exception: `NoneType: None`)."""
+    if record.exc_info and (record.exc_info[0] is None or getattr(record.exc_info[1], REPORTED, False)):
+        record.exc_info = None
+    return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_no_needless_traceback)
 
 
 class CatalogueFailed(RuntimeError):
@@ -51,33 +67,46 @@ class CatalogueFailed(RuntimeError):
 @flow(name="migrate-catalogue")
 def migrate_catalogue(catalogue: str = "specs/catalogue.yaml", only: list[str] | None = None, force: bool = False,
                       force_stage: str | None = None, max_parallel: int | None = None,
-                      dask: str | None = None) -> list[dict[str, Any]]:
+                      dask: str | None = None) -> list[dict[str, Any]] | State:
     """Migrate every model of a catalogue (or the `only` ones); one failing model does not stop the others.
 
     `force` recomputes every stage (`force_stage`: that stage and the ones after it) instead of taking
     cached results; `max_parallel` overrides the catalogue's `run.max_parallel`; `dask` fans the models
     out over a Dask cluster (`tcp://HOST:8786`, or `local:N` for N local worker processes)."""
-    return run_catalogue(catalogue, only, force, force_stage, max_parallel, dask)
+    return verdict(run_catalogue(catalogue, only, force, force_stage, max_parallel, dask))
 
 
 @flow(name="migrate-model", flow_run_name="migrate-{model}")
 def migrate_model(model: str, catalogue: str = "specs/catalogue.yaml", force: bool = False,
-                  force_stage: str | None = None) -> dict[str, Any]:
+                  force_stage: str | None = None) -> dict[str, Any] | State:
     """Migrate one model of a catalogue (the on-demand deployment)."""
-    return run_catalogue(catalogue, [model], force, force_stage)[0]
+    outcome = verdict(run_catalogue(catalogue, [model], force, force_stage))
+    return outcome if isinstance(outcome, State) else outcome[0]
+
+
+def verdict(rows: list[dict[str, Any]]) -> list[dict[str, Any]] | State:
+    """The rows when every model passed; else a Failed state carrying CatalogueFailed (the flow run ends
+    Failed, calling the flow raises it) without a traceback in the log: the summary already says why."""
+    if all(r["status"] == "passed" for r in rows):
+        return rows
+    failed = CatalogueFailed(rows)
+    return Failed(message=str(failed), data=failed)
 
 
 def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = False, force_stage: str | None = None,
                   max_parallel: int | None = None, dask: str | None = None) -> list[dict[str, Any]]:
     """Run the models' tasks, log progress as they finish, end with the summary (printed, a Prefect
-    table artifact, the parent MLflow run); raise CatalogueFailed naming each failed model and stage."""
+    table artifact, the parent MLflow run); the rows name each failed model and stage."""
     logger = get_run_logger()
     forced_stages(force, force_stage)  # a bad stage name fails before any work
     if max_parallel is not None and max_parallel < 1:
         raise ValueError(f"--max-parallel: must be at least 1 (got {max_parallel})")
     path = Path(catalogue).resolve()
     cat = load_catalogue(path, only=only)
-    parent = start_catalogue_run(path, cat.experiment, f"{path.stem} {datetime.now():%Y-%m-%d %H:%M}")
+    for note in close_abandoned_runs(path, cat.experiment):
+        logger.warning(note)
+    parent = start_catalogue_run(path, cat.experiment, f"{path.stem} {datetime.now():%Y-%m-%d %H:%M}",
+                                 {"prefect.flow_run_id": flow_run.id or ""})
     rows = [_record_invalid_spec(parent, cat.experiment, file, problems)
             for file, problems in cat.problems.items()]
     total = len(rows) + len(cat.specs)
@@ -92,7 +121,7 @@ def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = F
             outcome = future.result(raise_on_failure=False)
             if isinstance(outcome, BaseException):
                 outcome = getattr(outcome, "row", None) or summary_row(futures[future], "failed", "setup", {}, None,
-                                                                       None, outcome)
+                                                                       None, f"{type(outcome).__name__}: {outcome}")
             rows.append(outcome)
             logger.info("%s: %s%s — %s", outcome["model"], outcome["status"],
                         f" at {outcome['failed_stage']}" if outcome["failed_stage"] else "", progress(rows, total))
@@ -104,8 +133,6 @@ def run_catalogue(catalogue: str, only: list[str] | None = None, force: bool = F
         logger.warning(hint)
         for row in rows:
             row["tracking"] = hint
-    if any(r["status"] != "passed" for r in rows):
-        raise CatalogueFailed(rows)
     return rows
 
 
@@ -133,20 +160,39 @@ def _task_runner(dask: str | None, max_parallel: int) -> TaskRunner:
 
 @task(name="migrate-one", task_run_name="migrate-{spec.name}", cache_policy=NO_CACHE, persist_result=False)
 def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_run_id: str, tracking_uri: str,
-                journal: str, experiment: str, force: bool = False, force_stage: str | None = None) -> dict[str, Any]:
+                journal: str, experiment: str, force: bool = False,
+                force_stage: str | None = None) -> dict[str, Any] | State:
     """Migrate one model of `catalogue` in its own process; its MLflow run is a child of `parent_run_id`
     in the store at `tracking_uri` (the catalogue flow's, wherever this task runs), or in `journal` when
-    the store cannot be reached."""
+    the store cannot be reached. One run of a model at a time (a lock in its work folder); the model's
+    MLflow run is always ended, whatever happens. A failure returns a Failed state carrying StageFailed."""
     model = spec.name
     run = start_model_run(attach_run(tracking_uri, parent_run_id, journal), model, experiment)
     record = ModelRecord(run, model)
-    work = work_dir(Path(catalogue), model)
+    try:
+        work = work_dir(Path(catalogue), model)
+        with model_lock(work, get_run_logger().info):
+            row, error = _migrate(spec, settings, work, run, record, forced_stages(force, force_stage))
+    except BaseException as exc:  # the run must not stay RUNNING; say why it ended
+        with contextlib.suppress(Exception):
+            record.finish(ok=False, error=f"{type(exc).__name__}: {exc}")
+        raise
+    if error is not None:
+        error.row = row
+        return Failed(message=str(error), data=error)
+    return row
+
+
+def _migrate(spec: ModelSpec, settings: RunSettings, work: Path, run: Run, record: ModelRecord,
+             force: frozenset[str]) -> tuple[dict[str, Any], StageFailed | None]:
+    """The stages, then what the reviewer sees; (the summary row, the stage failure or None)."""
+    model = spec.name
     run.params(spec.model_dump(mode="json"))
     run.artifact(spec.spec_file, "spec")
-    log_datasets(run, spec)
+    _for_review(run, model, "datasets", log_datasets, spec)
     process = ModelProcess(model, settings.cpu_devices, settings.memory_limit_mb)
-    stages = ModelRun(spec, work, process, settings.timeouts, forced_stages(force, force_stage))
-    exported, error = None, None
+    stages = ModelRun(spec, work, process, settings.timeouts, force)
+    exported, info, error = None, None, None
     try:
         # Each stage's result is committed as soon as the stage completes (EAGER): a later stage failing
         # the model must not roll back, and so uncache, the stages that completed.
@@ -177,10 +223,7 @@ def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_r
     if error is None:  # only a migration that passed is handed over
         _for_review(run, model, "registry", register_model, spec, info, exported, tags)
     record.finish(ok=error is None, error=str(error) if error else None, tags=tags)
-    if error is not None:
-        error.row = row
-        raise error
-    return row
+    return row, error
 
 
 def _for_review(run: Run, model: str, what: str, fn, *args) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 from ferry.graph_facts import graph_refs, resolve
 from ferry.inventory import load_graph
 from ferry.auto import translate
-from ferry.model import layer_names, model_from_info, weight_paths
-from ferry.spec import ModelSpec
+from ferry.model import check_architecture, layer_names, model_from_info, weight_paths
+from ferry.spec import ModelSpec, SpecError
 
 
 def input_signature(spec: ModelSpec, inventory: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -50,6 +50,9 @@ def graph_values(spec: ModelSpec) -> dict[str, dict[str, Any]]:
 
 def reconstruct(spec: ModelSpec, inspected: dict[str, Any]) -> dict[str, Any]:
     """Build the model once to check it; return its input signature, graph values and weight shapes."""
+    problems = check_architecture(spec)  # what `ferry validate` says, as it says it
+    if problems:
+        raise SpecError(problems)
     inventory = json.loads(Path(inspected["inventory"]).read_text())
     info: dict[str, Any] = {"inputs": input_signature(spec, inventory), "graph_values": graph_values(spec)}
     if spec.architecture == "auto":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from ferry.cache import fingerprint
 from ferry.graph_facts import graph_refs, resolve
 from ferry.inventory import load_graph
 from ferry.model import model_from_info, resolved, weight_paths
-from ferry.paths import write_atomically
+from ferry.paths import temporary_sibling, write_atomically
 from ferry.namemap import MappingPlan, RestoreError, Source, Tensor, plan_mapping
 from ferry.spec import ModelSpec
 from ferry.transforms import TransformError, run_transform
@@ -46,19 +47,46 @@ def transform_params(spec: ModelSpec) -> dict[int, dict[str, Any]]:
             for i, r in rules.items()}
 
 
-def _read(reader, source: Source) -> np.ndarray:
-    parts = [reader.get_tensor(key) for key in source.read]
+def _read(reader, source: Source, prefix: Path) -> np.ndarray:
+    try:
+        parts = [reader.get_tensor(key) for key in source.read]
+    except tf.errors.OpError as exc:
+        raise RestoreError(f"checkpoint {prefix}: cannot read {source.name!r}: {exc.message.splitlines()[0]} — its "
+                           ".data file is truncated or corrupt (copy the checkpoint again)") from None
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
-def execute(plan: MappingPlan, reader, weights: dict[str, Any]) -> list[str]:
+def check_belongs(checkpoint: dict[str, Tensor], inventory_path: Path, spec: ModelSpec) -> None:
+    """Raise when the checkpoint holds almost none of the graph's inference variables (by name and shape,
+    a partition `X/part_N` by its own or its base name): it was written by another model, and no name-map
+    rule could fix that."""
+    variables = json.loads(inventory_path.read_text())["variables"] if inventory_path.exists() else []
+    variables = [v for v in variables if not v["training_only"]] or variables
+
+    def found(v: dict[str, Any]) -> bool:
+        key = v["name"]
+        if key in checkpoint:
+            return list(checkpoint[key].shape) == v["shape"]
+        return re.fullmatch(r"(.+)/part_\d+", key) is not None and key.rsplit("/", 1)[0] in checkpoint
+
+    present = [v for v in variables if found(v)]
+    if variables and len(present) < len(variables) / 2:
+        missing = [v["name"] for v in variables if not found(v)]
+        raise RestoreError(
+            f"{spec.spec_file}: source.checkpoint: {spec.source.checkpoint_prefix} does not belong to the graph "
+            f"{spec.source.meta.name}: only {len(present)} of its {len(variables)} variables are in it with the "
+            f"same name and shape (missing e.g. {', '.join(missing[:3])}). Point source.checkpoint at this "
+            "graph's checkpoint.")
+
+
+def execute(plan: MappingPlan, reader, weights: dict[str, Any], prefix: Path) -> list[str]:
     """Assign every planned step; return the errors of steps whose transform refused its inputs.
 
     The weights are only saved when no step of the plan failed, so a partial assignment never leaves
     this stage."""
     errors = []
     for step in plan.assignments:
-        arrays = [_read(reader, s) for s in step.sources]
+        arrays = [_read(reader, s, prefix) for s in step.sources]
         shapes = [tuple(weights[t].shape) for t in step.targets]
         try:
             values = run_transform(step.transform, arrays, shapes, step.params) if step.transform else arrays
@@ -70,11 +98,25 @@ def execute(plan: MappingPlan, reader, weights: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _counted(errors: list[str]) -> list[str]:
+    """Each distinct error once, in order, with how often it occurred (`... (x3)`)."""
+    counts = dict.fromkeys(errors, 0)
+    for error in errors:
+        counts[error] += 1
+    return [e if n == 1 else f"{e} (x{n})" for e, n in counts.items()]
+
+
 def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path | str) -> dict[str, Any]:
     """Assign checkpoint values to the Keras weights; write mapping.json and the restored weights file."""
     work = Path(work)
-    reader = tf.train.load_checkpoint(str(spec.source.checkpoint_prefix))
+    prefix = spec.source.checkpoint_prefix
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+    except (tf.errors.OpError, ValueError) as exc:
+        raise RestoreError(f"{spec.spec_file}: source.checkpoint: cannot open {prefix}: "
+                           f"{str(exc).splitlines()[0]}") from None
     checkpoint = checkpoint_tensors(reader, work / "inventory.json")
+    check_belongs(checkpoint, work / "inventory.json", spec)
     model = model_from_info(spec, model_info)
     spec = resolved(spec, model_info)  # `auto`: the rules derived from the graph
     weights = weight_paths(model)
@@ -83,17 +125,21 @@ def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path | st
     if not spec.name_map.rules and plan.errors:
         plan.errors.append("the name map has no rules: add e.g. `rules: [{from: '(.*)'}]` to map every "
                            "checkpoint key onto the model weight of the same path")
-    plan.errors += execute(plan, reader, weights)  # transforms check their inputs: report those errors too
+    plan.errors += execute(plan, reader, weights, prefix)  # transforms check their inputs: report those errors too
 
     report = {"coverage": plan.coverage, "errors": plan.errors, "suggestions": plan.suggestions,
               "table": plan.table()}
     write_atomically(work / "mapping.json", json.dumps(report, indent=1))
     if plan.errors:
-        raise RestoreError(f"{spec.spec_file}: name_map: " + "\n".join(plan.errors))
+        raise RestoreError(f"{spec.spec_file}: name_map: " + "\n".join(_counted(plan.errors)))
 
     weights_file = work / "restored.weights.h5"
-    partial = work / "restored.partial.weights.h5"
-    model.save_weights(partial)
-    os.replace(partial, weights_file)
-    return {"weights": str(weights_file), "mapping": str(work / "mapping.json"), "coverage": plan.coverage,
-            "files": {str(weights_file): fingerprint(weights_file)}}
+    partial = temporary_sibling(weights_file, ".tmp.weights.h5")  # Keras wants the suffix; unique per call
+    try:
+        model.save_weights(partial)
+        os.replace(partial, weights_file)
+    finally:
+        partial.unlink(missing_ok=True)
+    mapping = work / "mapping.json"  # fingerprinted: a later failed attempt overwriting it uncaches this result
+    return {"weights": str(weights_file), "mapping": str(mapping), "coverage": plan.coverage,
+            "files": {str(weights_file): fingerprint(weights_file), str(mapping): fingerprint(mapping)}}

@@ -65,14 +65,12 @@ class ModelRun:
         task_ = stage_task.with_options(task_run_name=f"{self.spec.name}/{label}",
                                         result_storage=self.work / "results", refresh_cache=stage in self.force)
         state = task_(stage, label, self, list(args), list(upstream), return_state=True)
-        result = state.result()
-        if state.name == "Cached" and not files_intact(result, self.memo_dir):  # e.g. the SavedModel was deleted since
+        if state.name == "Cached" and not files_intact(state.result(), self.memo_dir):  # e.g. a deleted SavedModel
             state = task_.with_options(refresh_cache=True)(stage, label, self, list(args), list(upstream),
                                                            return_state=True)
-            result = state.result()
         self.states[label] = state.name
         self.task_runs[label] = str(state.state_details.task_run_id)
-        return result
+        return state.result()
 
     def key(self, stage: str, label: str, args: list[Any], upstream: list[Any]) -> str:
         """The cache key: spec sections, input files, arguments and upstream results, ferry's build."""
@@ -119,9 +117,18 @@ def _cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
                                    parameters["upstream"])
 
 
+REPORTED = "_ferry_reported"  # set on a stage's error: its message is the news, Prefect's traceback is not
+
+
 @task(name="stage", cache_key_fn=_cache_key, persist_result=True, result_serializer="json")
 def stage_task(stage: str, label: str, model: ModelRun, args: list[Any], upstream: list[Any]) -> dict[str, Any]:
-    """Run one stage function in the model's process, within the stage's timeout."""
+    """Run one stage function in the model's process, within the stage's timeout. Its error is raised (a
+    failed stage is never cached) and marked, so the log shows its message without a traceback: the
+    stage ran in another process, and the traceback here would only show the way back."""
     logger = get_run_logger()
-    return model.process.call(STAGE[stage].function, model.spec, *args, stage=stage,
-                              timeout=getattr(model.timeouts, stage), log=logger.log)
+    try:
+        return model.process.call(STAGE[stage].function, model.spec, *args, stage=stage,
+                                  timeout=getattr(model.timeouts, stage), log=logger.log)
+    except Exception as exc:
+        setattr(exc, REPORTED, True)
+        raise

@@ -10,7 +10,9 @@ import numpy as np
 
 from ferry.cache import fingerprint
 from ferry.parity import ParityError, compare
+from ferry.paths import temporary_sibling
 from ferry.runtime import device_for, load_keras, load_shard, run_keras, run_tf1
+from ferry.shards import check_signature
 from ferry.spec import ModelSpec
 from tasks import stage_logger
 
@@ -23,6 +25,7 @@ def verify_shard_records(spec: ModelSpec, model_info: dict[str, Any], weights: s
     for the review plots."""
     device = device_for(index)
     arrays = load_shard(spec, Path(shard))
+    check_signature(arrays, model_info["inputs"], f"{spec.spec_file}: verify.shards: {Path(shard).name}")
     batch = spec.verify.batch_size
     reference = run_tf1(spec, arrays, batch, device)
     candidate = run_keras(spec, load_keras(spec, model_info, weights), arrays, batch, device)
@@ -33,10 +36,13 @@ def verify_shard_records(spec: ModelSpec, model_info: dict[str, Any], weights: s
     if outputs_file:
         path = Path(outputs_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, **{f"{name}.{side}": values[name] for side, values in
-                         (("reference", reference), ("candidate", candidate)) for name in spec.source.outputs})
-        os.replace(tmp, path)
+        tmp = temporary_sibling(path, ".tmp.npz")
+        try:
+            np.savez(tmp, **{f"{name}.{side}": values[name] for side, values in
+                             (("reference", reference), ("candidate", candidate)) for name in spec.source.outputs})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         record["files"] = {str(path): fingerprint(path)}
     return record
 

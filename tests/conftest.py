@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import pytest
+import yaml
 from prefect_server import prefect_server  # noqa: F401  (a real Prefect server on loopback, session fixture)
 from mlflow_server import mlflow_server  # noqa: F401  (a real MLflow tracking server on loopback, session fixture)
 
@@ -61,8 +62,24 @@ def prefect_harness():
     """Prefect's test harness: a temporary database behind an ephemeral API, for real flow runs."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from ferry.prefect_api import startup_timeout
+
+    with prefect_test_harness(server_startup_timeout=startup_timeout()):  # ferry's budget: ample on a busy machine
         yield
+
+
+def edit_yaml(path: Path, change) -> None:
+    """Load a YAML file, let `change(data)` edit it in place, write it back."""
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def keep_models(catalogue: Path, names: list[str]) -> None:
+    """Delete every spec of the catalogue's `models/` folder but the named ones."""
+    for spec in (catalogue.parent / "models").glob("*.yaml"):
+        if spec.stem not in names:
+            spec.unlink()
 
 
 def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:

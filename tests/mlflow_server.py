@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from prefect_server import _stop, free_port, wait_healthy
+from prefect_server import STARTUP_TIMEOUT_SECONDS, _stop, free_port, wait_healthy
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -50,7 +50,7 @@ def mlflow_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def run_mlflow_server(folder: Path, port: int | None = None, startup_timeout: float = 120) -> Iterator[str]:
+def run_mlflow_server(folder: Path, port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
     """An `mlflow server` subprocess with its SQLite store and artifacts under `folder`; yields its url."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"

@@ -29,6 +29,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from ferry.prefect_api import STARTUP_TIMEOUT_SECONDS  # one start-up budget for every server a test starts
+
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
@@ -84,7 +86,7 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 
 @contextlib.contextmanager
-def run_prefect_server(folder: Path, port: int | None = None, startup_timeout: float = 120) -> Iterator[str]:
+def run_prefect_server(folder: Path, port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
     """A `prefect server start` subprocess with its home and database under `folder`; yields its API url.
 
     The scheduler service is off: a deployment's cron schedule is stored and reported as usual, but

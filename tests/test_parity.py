@@ -37,7 +37,24 @@ def test_relative_error_ignores_elements_below_atol_and_nan_mismatch_fails():
     out = compare(cand, ref, TOL)
     assert out["passed"] and out["max_rel_err"] == 0.0 and "argmax_agreement" not in out
     out = compare(np.array([np.nan, 1.0]), np.array([0.0, 1.0]), TOL)
-    assert out["passed"] is False and out["nan_mismatch"] == 1
+    assert out["passed"] is False and out["nonfinite"] == {"reference": 0, "candidate": 1, "mismatched": 1}
+
+
+def test_nonfinite_values_fail_unless_allowed_and_agreeing():
+    """NaN inputs once gave "max abs err 0" and passed: NaN/inf are counted and fail the output."""
+    ref = np.array([[np.nan, 1.0], [np.inf, 2.0]], np.float32)
+    out = compare(ref.copy(), ref, TOL)
+    assert out["passed"] is False
+    assert out["nonfinite"] == {"reference": 2, "candidate": 2, "mismatched": 0}
+    assert "2 in TF1's output, 2 in Keras', 0 where they differ" in out["error"]
+    assert "allow_nonfinite: true accepts them" in out["error"]
+    allowed = Tolerance(atol=1e-5, rtol=1e-5, allow_nonfinite=True)
+    assert compare(ref.copy(), ref, allowed)["passed"] is True
+    flipped = ref.copy()
+    flipped[1, 0] = -np.inf  # -inf where TF1 has +inf: a real difference, allowed or not
+    out = compare(flipped, ref, allowed)
+    assert out["passed"] is False and out["nonfinite"]["mismatched"] == 1
+    assert out["max_abs_err"] == 0.0  # the finite part agrees; the verdict comes from the non-finite one
 
 
 def test_shape_mismatch_fails_with_both_shapes():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import matplotlib.colors
@@ -152,14 +151,11 @@ def test_file_names_are_sanitized(tmp_path):
     assert hist.axes[0].get_title().startswith("$x$ y: 3 elements")
 
 
-def test_big_output_is_subsampled_deterministically_and_fast(tmp_path):
+def test_big_output_is_subsampled_deterministically_and_bounded(tmp_path):
+    """A million elements draw a bounded, reproducible picture (its speed: bench/plot_subsample.py)."""
     ref, cand = random_pair((1000, 1000), 1e-7, seed=2)
     cand[123, 456] += 1e-3  # the worst element must be among the drawn points
-    plots.parity_plots(ref[:10], cand[:10], "warm-up", tmp_path / "w", atol=1e-5, rtol=1e-4)
-    start = time.perf_counter()
     paths = plots.parity_plots(ref, cand, "big", tmp_path / "a", atol=1e-5, rtol=1e-4)
-    took = time.perf_counter() - start
-    assert took < 2.0, f"parity_plots on 1e6 elements took {took:.2f} s"  # ~0.25 s unloaded
     for p in paths:
         assert read_png(p).shape[:2] == PARITY_PIXELS
     again = plots.parity_plots(ref, cand, "big", tmp_path / "b", atol=1e-5, rtol=1e-4)

@@ -127,7 +127,7 @@ def test_integer_token_model_loads_through_load_migrated(catalogue, tmp_path):
 
 
 REGISTER_WITHOUT_TF = """
-import json, sys, time
+import json, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from mlflow.tracking import MlflowClient
@@ -137,11 +137,10 @@ uri, jobs = sys.argv[1], json.loads(sys.argv[2])
 client = MlflowClient(tracking_uri=uri)
 
 def register(job):
-    start = time.perf_counter()
     example = example_from_shard(Path(job["shard"]), job["inputs"])
     version = register_migrated(client, job["run_id"], job["name"], Path(job["savedmodel"]), job["inputs"],
                                 job["outputs"], example, {"verdict": "passed"})
-    return version.name, int(version.version), version.aliases, time.perf_counter() - start
+    return version.name, int(version.version), version.aliases
 
 with ThreadPoolExecutor(len(jobs)) as pool:
     done = list(pool.map(register, jobs))
@@ -164,8 +163,7 @@ def test_flow_process_registers_concurrently_without_importing_tensorflow(catalo
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert (result["tensorflow"], result["keras"]) == (False, False)
-    assert sorted(tuple(d[:3]) for d in result["done"]) == [("mlp", 1, [ALIAS]), ("text_lstm", 1, [ALIAS])]
-    assert all(seconds < 30 for *_, seconds in result["done"])
+    assert sorted(tuple(d) for d in result["done"]) == [("mlp", 1, [ALIAS]), ("text_lstm", 1, [ALIAS])]
     for job in jobs:
         assert logged_model(client, job["run_id"]).status == LoggedModelStatus.READY
         assert int(client.get_model_version_by_alias(job["name"], ALIAS).version) == 1

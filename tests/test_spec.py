@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ferry.cli import main
@@ -30,10 +31,11 @@ export:
 
 @pytest.fixture
 def fake_model(tmp_path: Path) -> Path:
-    """Files where a spec expects them (content is not read by validation)."""
+    """Files where a spec expects them (validation reads no graph or checkpoint, only the shards' headers)."""
     (tmp_path / "zoo/m/shards").mkdir(parents=True)
-    for name in ["model.ckpt.meta", "model.ckpt.index", "shards/a.npz"]:
+    for name in ["model.ckpt.meta", "model.ckpt.index"]:
         (tmp_path / "zoo/m" / name).write_bytes(b"")
+    np.savez(tmp_path / "zoo/m/shards/a.npz", x=np.zeros((2, 784), np.float32))
     return tmp_path
 
 

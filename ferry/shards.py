@@ -1,0 +1,78 @@
+"""Verification shards (`.npz`, one array per serving input): checked from their headers, loaded whole.
+
+Only numpy: the flow process checks shards at validation time without reading their data, and the
+model's process loads them. Object arrays are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+class ShardError(ValueError):
+    """A shard that cannot feed the model; the message names the shard and what is wrong."""
+
+
+def array_headers(shard: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) of every array in an `.npz`, read from the headers only."""
+    try:
+        with zipfile.ZipFile(shard) as archive:
+            headers = {}
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                headers[member.removesuffix(".npy")] = (tuple(shape), dtype)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ShardError(f"{Path(shard).name} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    return headers
+
+
+def shard_problem(shard: Path, inputs: list[str]) -> str | None:
+    """What keeps `shard` from feeding `inputs` (serving names), or None: unreadable, an input missing,
+    Python objects, no rows, or inputs with different numbers of rows."""
+    try:
+        headers = array_headers(shard)
+    except ShardError as exc:
+        return str(exc)
+    missing = [name for name in inputs if name not in headers]
+    if missing:
+        return f"{shard.name} has no array for input(s) {missing} (it holds {sorted(headers)})"
+    objects = [name for name in inputs if headers[name][1].hasobject]
+    if objects:
+        return f"{shard.name}: {objects} hold Python objects; ferry reads numeric arrays only (never unpickles)"
+    rows = {name: headers[name][0][0] if headers[name][0] else None for name in inputs}
+    if any(n is None for n in rows.values()):
+        return f"{shard.name}: {[k for k, n in rows.items() if n is None]} are scalars; each input needs a batch axis"
+    if len(set(rows.values())) > 1:
+        return f"{shard.name}: inputs have different numbers of rows: {rows}"
+    if not next(iter(rows.values())):
+        return f"{shard.name} holds no rows (its arrays are empty)"
+    return None
+
+
+def load_shard(shard: Path, inputs: list[str], where: str) -> dict[str, np.ndarray]:
+    """The shard's arrays for `inputs`; `where` (spec file and field) prefixes any error."""
+    problem = shard_problem(Path(shard), inputs)
+    if problem:
+        raise ShardError(f"{where}: {problem}")
+    with np.load(shard, allow_pickle=False) as data:
+        return {name: data[name] for name in inputs}
+
+
+def check_signature(arrays: dict[str, np.ndarray], signature: dict[str, dict], where: str) -> None:
+    """Raise ShardError when an array does not fit the model input it feeds (`signature`: serving name ->
+    {shape without batch, dtype}); None in the shape matches any size."""
+    for name, sig in signature.items():
+        shape = list(arrays[name].shape[1:])
+        want = sig["shape"]
+        if len(shape) != len(want) or any(w is not None and w != s for s, w in zip(shape, want)):
+            raise ShardError(f"{where}: input {name!r} has rows of shape {shape}; the model takes "
+                             f"{['?' if w is None else w for w in want]}")
