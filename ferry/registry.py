@@ -8,7 +8,9 @@ alias `migrated` points at the newest such version. Reviewers then load it as
     mlflow.pyfunc.load_model("models:/mlp@migrated")                  # MLFLOW_TRACKING_URI set
 
 and call `.predict({"x": array})`, which returns the SavedModel's `serving_default` outputs by
-their TF1 serving names.
+their TF1 serving names. The MLflow model's artifacts hold the SavedModel (`artifacts/<export dir
+name>/`) and, for a ferry export, the Keras 3 model beside it (`artifacts/<name>.keras`, artifact
+`keras`), to load with `keras.saving.load_model` and train further.
 
 `register_migrated` is never called for a model that failed: the caller (the catalogue flow)
 decides, after the model's stages passed. Nothing here checks a verdict; it only records the
@@ -36,6 +38,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -55,6 +58,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+from ferry.export_dir import keras_file, savedmodel_entries
 
 ALIAS = "migrated"  # the registered model's alias for the newest migrated version
 MODEL_NAME = "model"  # the logged model's name in the run (MLflow 2's `artifact_path`)
@@ -161,7 +166,30 @@ def example_from_shard(shard: Path, inputs: list[str] | dict[str, Any], rows: in
         return {name: data[name][:rows] for name in inputs}
 
 
-def _save_pyfunc(path: Path, savedmodel: Path, signature: ModelSignature, example: dict[str, np.ndarray],
+def _artifacts(export: Path, staging: Path) -> dict[str, str]:
+    """The MLflow model's artifacts: `savedmodel` (the SavedModel's files alone) and, for a ferry export,
+    `keras` (its `<name>.keras`); the export's files are linked into `staging` where possible, not copied."""
+    keras = keras_file(export)
+    if keras is None:
+        return {"savedmodel": str(export.resolve())}
+    view = staging / export.name
+    view.mkdir(parents=True)
+    for entry in savedmodel_entries(export):
+        if entry.is_dir():
+            shutil.copytree(entry, view / entry.name, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(view / entry.name))
+    return {"savedmodel": str(view), "keras": str(keras.resolve())}
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
+
+
+def _save_pyfunc(path: Path, artifacts: dict[str, str], signature: ModelSignature, example: dict[str, np.ndarray],
                  mlflow_model: Model) -> None:
     """Write the MLflow model folder at `path` (local only: nothing is logged yet)."""
     module = sys.modules[__name__]
@@ -170,7 +198,7 @@ def _save_pyfunc(path: Path, savedmodel: Path, signature: ModelSignature, exampl
         _PYFUNC_LOGGER.addFilter(_quiet_pickle_warning)
         try:
             mlflow.pyfunc.save_model(
-                str(path), python_model=SavedModelPyfunc(), artifacts={"savedmodel": str(savedmodel.resolve())},
+                str(path), python_model=SavedModelPyfunc(), artifacts=artifacts,
                 signature=signature, input_example=example, pip_requirements=pip_requirements(),
                 mlflow_model=mlflow_model)
         finally:
@@ -199,7 +227,8 @@ def register_migrated(client: MlflowClient, run_id: str, name: str, savedmodel: 
     - `run_id`: the model's MLflow run, in the store (not an offline run kept in a journal: skip or
       defer the hand-over then); it may be running or finished, its status is not changed.
     - `name`: the registered model's name: the spec name.
-    - `savedmodel`: the exported SavedModel folder (copied into the MLflow model).
+    - `savedmodel`: the exported SavedModel folder (copied into the MLflow model as artifact `savedmodel`);
+      for a ferry export, its `<name>.keras` becomes artifact `keras` beside it.
     - `inputs`: serving input name -> {"shape": dims without batch, None allowed; "dtype": "float32", …}
       (the reconstruct stage's `info["inputs"]`).
     - `outputs`: serving output names in order (`list(spec.source.outputs)`), or name -> {"shape", "dtype"}.
@@ -227,7 +256,7 @@ def register_migrated(client: MlflowClient, run_id: str, name: str, savedmodel: 
     try:
         with tempfile.TemporaryDirectory(prefix="ferry-mlflow-model-") as tmp:
             local = Path(tmp) / MODEL_NAME
-            _save_pyfunc(local, savedmodel, signature, example,
+            _save_pyfunc(local, _artifacts(savedmodel, Path(tmp) / "export"), signature, example,
                          Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
                                model_id=logged.model_id))
             client.log_model_artifacts(logged.model_id, str(local))

@@ -13,6 +13,7 @@ import numpy as np
 
 import ferry
 from ferry.cache import build_id, checkpoint_files, fingerprint
+from ferry.export_dir import keras_file, read_marker, savedmodel_entries
 from ferry.paths import write_atomically
 from ferry.spec import ModelSpec
 from ferry.tracking import Run
@@ -112,13 +113,20 @@ def log_plots(run: Run, spec: ModelSpec, work: Path, attempted: dict[str, float]
 
 
 def log_savedmodel(run: Run, path: Path, work: Path, cached: bool) -> None:
-    """Log the SavedModel as an artifact; a cached export points at the run that logged it instead of
-    copying the same files again (tag `savedmodel.run_id`)."""
+    """Log the export: the SavedModel under `savedmodel/`, the Keras model under `keras/<name>.keras`, and
+    the tag `keras.portable` (its marker says); a cached export points at the run that logged its files
+    instead of copying them again (tag `savedmodel.run_id`)."""
+    keras = (read_marker(path) or {}).get("keras", {})
+    run.tags({"keras.portable": _flag(keras.get("portable")),
+              "keras.non_portable": ", ".join(keras.get("non_portable", []))})
     marker = work / "savedmodel.run_id"
     if cached and marker.exists():
         run.tags({"savedmodel.run_id": marker.read_text()})
         return
-    run.artifact(path, "savedmodel")
+    for entry in savedmodel_entries(path):
+        run.artifact(entry, "savedmodel" if entry.is_file() else f"savedmodel/{entry.name}")
+    if (file := keras_file(path)) is not None:
+        run.artifact(file, "keras")
     run.tags({"savedmodel.run_id": run.run_id})
     write_atomically(marker, run.run_id)
 
@@ -137,8 +145,8 @@ def log_stage_files(run: Run, work: Path, attempted: dict[str, float]) -> None:
 
 def register_model(run: Run, spec: ModelSpec, info: dict[str, Any], exported: dict[str, Any],
                    tags: dict[str, str]) -> None:
-    """Register the SavedModel under the spec's name (alias `migrated`), unless that version is this very
-    SavedModel already (a cached rerun). Only for a model that passed."""
+    """Register the export (SavedModel and `.keras`) under the spec's name (alias `migrated`), unless that
+    version is this very export already (a cached rerun). Only for a model that passed."""
     savedmodel_sha = exported["files"][exported["path"]]
     current = migrated_version(run, spec.name)
     if current is not None and current.tags.get("savedmodel.sha256") == savedmodel_sha:
@@ -147,7 +155,8 @@ def register_model(run: Run, spec: ModelSpec, info: dict[str, Any], exported: di
     run.register(spec.name, exported["path"], info["inputs"], list(spec.source.outputs), str(spec.shard_paths()[0]),
                  {"checkpoint.sha256": tags["checkpoint.sha256"], "spec.sha256": tags["spec.sha256"],
                   "verdict": "passed", "ferry.version": ferry.__version__, "source.meta": str(spec.source.meta),
-                  "mlflow.run_id": run.run_id, "savedmodel.sha256": savedmodel_sha})
+                  "mlflow.run_id": run.run_id, "savedmodel.sha256": savedmodel_sha,
+                  "keras.portable": _flag(exported.get("keras", {}).get("portable"))})
 
 
 
@@ -159,6 +168,11 @@ def migrated_version(run: Run, name: str):
         return run.client.get_model_version_by_alias(name, "migrated")
     except Exception:  # noqa: BLE001 - no such model or alias
         return None
+
+
+def _flag(value: Any) -> str:
+    """A boolean as a tag value: `true`/`false` (missing is `false`: never assumed)."""
+    return "true" if value is True else "false"
 
 
 def _percent(value: float | None) -> str:

@@ -1,9 +1,10 @@
-"""Stage 5: export a SavedModel keeping the TF1 serving names, re-check it, move it into place atomically."""
+"""Stage 5: hand the model over in one folder, `export.dir`: a SavedModel keeping the TF1 serving names,
+the Keras 3 model as `<name>.keras`, and the marker `ferry-export.json`; both models are reloaded and
+re-checked before the folder is moved into place atomically."""
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import ferry
 from ferry.cache import fingerprint
+from ferry.export_dir import (check_replaceable, make_temp_folder, move_into_place, remove_stale_temp_folders,
+                              write_marker)
+from ferry.layers import portability
 from ferry.parity import compare
 from ferry.runtime import load_keras, load_shard, run_keras
 from ferry.spec import ModelSpec
@@ -43,37 +48,61 @@ def call_savedmodel(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.n
     return {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in arrays.items()}).items()}
 
 
-def _move_into_place(tmp: Path, dest: Path) -> None:
-    """Replace `dest` by `tmp` with renames only, so `dest` is never half-written."""
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
+def save_and_reload_keras(spec: ModelSpec, model: keras.Model, path: Path) -> keras.Model:
+    """Save `model` as a Keras 3 archive (architecture + weights) at `path` and load it back."""
+    try:
+        model.save(path)
+        return keras.saving.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types; the cause is in the message
+        field = "architecture.factory" if spec.architecture != "auto" and spec.architecture.factory else "architecture"
+        raise ValueError(f"{spec.spec_file}: {field}: the Keras model does not save and reload as {path.name}: "
+                         f"{type(exc).__name__}: {exc}\nLayers of your own must be registered with "
+                         "@keras.saving.register_keras_serializable() and return every constructor argument "
+                         "from get_config().") from None
+
+
+def recheck(spec: ModelSpec, what: str, got: dict[str, np.ndarray], expected: dict[str, np.ndarray],
+            shard: Path) -> dict[str, dict[str, Any]]:
+    """Parity of a reloaded hand-over against the in-memory Keras model (the spec's tolerances); raise if off."""
+    if sorted(got) != sorted(expected):
+        raise ValueError(f"{spec.spec_file}: source.outputs: the reloaded {what} has outputs {sorted(got)}, "
+                         f"the spec {sorted(expected)}")
+    checks = {name: compare(got[name], expected[name], spec.verify.tolerance_for(name)) for name in expected}
+    failed = {name: c for name, c in checks.items() if not c["passed"]}
+    if failed:
+        raise ValueError(f"{spec.spec_file}: export: the reloaded {what} differs from the Keras model on {shard} "
+                         f"(verify.tolerance): {failed}; nothing was exported to {spec.export.dir}")
+    return checks
 
 
 def export_savedmodel(spec: ModelSpec, model_info: dict[str, Any], weights: str, shard: Path) -> dict[str, Any]:
-    """Export to a temporary folder beside the target, reload and check it on `shard`, then move it in."""
+    """Write the SavedModel and `<name>.keras` to a temporary folder beside `export.dir`, reload both and
+    check them on `shard`, then move the folder into place (refused if `export.dir` holds anything but
+    an earlier export of this model)."""
     dest = Path(spec.export.dir)
+    check_replaceable(dest, spec.name, spec.spec_file)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_folders(dest)
     model = load_keras(spec, model_info, weights)
     arrays = load_shard(spec, Path(shard))
     expected = run_keras(spec, model, arrays, spec.verify.batch_size, "/CPU:0")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    keras_record = {"file": f"{spec.name}.keras", **portability(model)}
+    tmp = make_temp_folder(dest)
     try:
         write_savedmodel(spec, model, model_info["inputs"], tmp)
-        got = call_savedmodel(tmp, arrays)
-        if sorted(got) != sorted(expected):
-            raise ValueError(f"SavedModel outputs {sorted(got)} != spec outputs {sorted(expected)}")
-        checks = {name: compare(got[name], expected[name], spec.verify.tolerance_for(name)) for name in expected}
-        failed = {name: c for name, c in checks.items() if not c["passed"]}
-        if failed:
-            raise ValueError(f"reloaded SavedModel differs from the Keras model on {shard}: {failed}")
-        _move_into_place(tmp, dest)
+        checks = recheck(spec, "SavedModel", call_savedmodel(tmp, arrays), expected, shard)
+        reloaded = save_and_reload_keras(spec, model, tmp / keras_record["file"])
+        got = run_keras(spec, reloaded, arrays, spec.verify.batch_size, "/CPU:0")
+        keras_checks = recheck(spec, keras_record["file"], got, expected, shard)
+        write_marker(tmp, {"model": spec.name, "spec_file": str(spec.spec_file), "ferry_version": ferry.__version__,
+                           "savedmodel": {"signature": SIGNATURE, "inputs": list(spec.source.inputs),
+                                          "outputs": list(spec.source.outputs)},
+                           "keras": keras_record})
+        check_replaceable(dest, spec.name, spec.spec_file)  # again: something may have landed there meanwhile
+        move_into_place(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return {"path": str(dest), "checked_on": str(shard), "outputs": checks, "files": {str(dest): fingerprint(dest)}}
+    return {"path": str(dest), "checked_on": str(shard), "outputs": checks,
+            "keras": {**keras_record, "path": str(dest / keras_record["file"]), "outputs": keras_checks},
+            "files": {str(dest): fingerprint(dest)}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 
+@keras.saving.register_keras_serializable(package="factories")  # so that `<name>.keras` reloads
 class PositionEmbedding(keras.layers.Layer):
     """Adds a learned [length, width] position table to every sequence of the batch."""
 
@@ -17,6 +18,9 @@ class PositionEmbedding(keras.layers.Layer):
 
     def call(self, x):
         return x + self.embeddings
+
+    def get_config(self):
+        return {**super().get_config(), "length": self.length, "width": self.width}
 
 
 def encoder(inputs: dict, vocab: int, length: int, width: int, heads: int, ffn: int, classes: int,
