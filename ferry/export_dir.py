@@ -14,6 +14,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from ferry.paths import process_alive
+
 MARKER = "ferry-export.json"  # in every export: the model it holds, its spec file, ferry's version, the .keras
 LISTED = 5  # names of a refused folder's files quoted in the error
 
@@ -110,21 +112,10 @@ def remove_stale_temp_folders(dest: Path) -> list[Path]:
         return removed
     for path in sorted(dest.parent.iterdir()):
         found = pattern.fullmatch(path.name)
-        if found and found["host"] == host and path.is_dir() and not _alive(int(found["pid"])):
+        if found and found["host"] == host and path.is_dir() and not process_alive(int(found["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def move_into_place(tmp: Path, dest: Path) -> None:

@@ -47,6 +47,17 @@ def write_atomically(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this id exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 LOCK_FILE = ".lock"
 
 

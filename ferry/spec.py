@@ -24,6 +24,9 @@ class SpecError(Exception):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    def __reduce__(self):  # back from a model's process as itself, problems and all
+        return (SpecError, (self.problems,))
+
 
 class Problem(BaseModel):
     """One problem: the file, the dotted field path, what is wrong and the value received."""

@@ -7,6 +7,7 @@ logged from any thread. Default store: `mlflow.db` (SQLite) at the project root;
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import ferry
 from ferry.journal import OFFLINE_PREFIX, Journal, offline_id, unreachable
-from ferry.paths import project_root
+from ferry.paths import process_alive, project_root
 
 PARAM_MAX = 6000  # MLflow's limit on one param value
 
@@ -35,6 +36,27 @@ def tracking_uri(catalogue: Path) -> str:
     if uri:
         return absolute_uri(uri)
     return f"sqlite:///{project_root(catalogue) / 'mlflow.db'}"
+
+
+_READY: set[str] = set()
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client of the store at `uri`. A new SQLite store is created under a file lock: MLflow creates its
+    tables when the first client opens it, and two ferry runs doing that at once make one fail ("table ...
+    already exists", or a half-applied migration)."""
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return MlflowClient(tracking_uri=uri)
+    lock = Path(uri.removeprefix("sqlite:///")).with_suffix(".db-lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)  # creates or upgrades the tables
+            _READY.add(uri)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return client
 
 
 def absolute_uri(uri: str) -> str:
@@ -201,7 +223,7 @@ def owner_tags() -> dict[str, str]:
 
 def start_catalogue_run(catalogue: Path, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> Run:
     """Create the experiment if needed and open the catalogue's parent run (offline if unreachable)."""
-    client = MlflowClient(tracking_uri=tracking_uri(catalogue))
+    client = client_for(tracking_uri(catalogue))
     key = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     journal = Journal(project_root(catalogue) / ".ferry" / "relog" / key)
     return _create_run(client, journal, experiment, run_name, {"ferry.version": ferry.__version__,
@@ -217,24 +239,13 @@ def start_model_run(parent: Run, model: str, experiment: str) -> Run:
         "env.TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""), **owner_tags()})
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host with this id exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def close_abandoned_runs(catalogue: Path, experiment: str) -> list[str]:
     """End the runs of this catalogue's experiment that a killed ferry process left RUNNING (its host is
     this one and its process is gone): status KILLED, a tag saying why, and their Prefect flow run marked
     Crashed. Returns one line per run closed; an unreachable store closes nothing."""
-    client = MlflowClient(tracking_uri=tracking_uri(catalogue))
     host = socket.gethostname()
     try:
+        client = client_for(tracking_uri(catalogue))
         found = client.get_experiment_by_name(experiment)
         runs = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000) \
             if found else []
@@ -264,7 +275,7 @@ def close_abandoned_runs(catalogue: Path, experiment: str) -> list[str]:
 def attach_run(uri: str, run_id: str, journal: str) -> Run:
     """Reopen an existing run by id in the store at `uri` (a model task, maybe on another machine,
     logging under the run its catalogue flow made), with the catalogue run's journal folder."""
-    return Run(MlflowClient(tracking_uri=uri), run_id, Journal(Path(journal)))
+    return Run(client_for(uri), run_id, Journal(Path(journal)))
 
 
 def relog(journal: Path, uri: str) -> dict[str, str]:
@@ -274,7 +285,7 @@ def relog(journal: Path, uri: str) -> dict[str, str]:
         raise FileNotFoundError(f"no journal at {journal.folder} (ops.jsonl missing)")
     if (journal.folder / "replayed.json").exists():
         raise FileExistsError(f"{journal.folder} was relogged already (replayed.json); nothing to do")
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     return journal.replay(lambda op, ids: apply_op(client, op, ids))
 
 

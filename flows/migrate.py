@@ -303,7 +303,7 @@ def _record_invalid_spec(parent: Run, experiment: str, file: str, problems) -> d
     name = spec_name_hint(Path(file))
     run = start_model_run(parent, name, experiment)
     run.text("\n".join(str(p) for p in problems), "problems.txt")
-    run.tags({"status": "failed", "failed_stage": "spec"})
+    run.tags({"status": "failed", "failed_stage": "spec", "error": "; ".join(str(p) for p in problems)[:5000]})
     run.end(False)
     return summary_row(name, "failed", "spec", {}, None, None, "; ".join(str(p) for p in problems))
 

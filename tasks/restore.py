@@ -50,8 +50,8 @@ def transform_params(spec: ModelSpec) -> dict[int, dict[str, Any]]:
 def _read(reader, source: Source, prefix: Path) -> np.ndarray:
     try:
         parts = [reader.get_tensor(key) for key in source.read]
-    except tf.errors.OpError as exc:
-        raise RestoreError(f"checkpoint {prefix}: cannot read {source.name!r}: {exc.message.splitlines()[0]} — its "
+    except (tf.errors.OpError, IndexError, ValueError) as exc:  # a short read comes back as IndexError
+        raise RestoreError(f"checkpoint {prefix}: cannot read {source.name!r}: {str(exc).splitlines()[0]}: its "
                            ".data file is truncated or corrupt (copy the checkpoint again)") from None
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
