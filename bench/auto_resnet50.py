@@ -26,13 +26,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import ferry  # noqa: E402,F401  (TF environment defaults before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
-from ferry.runtime import load_shard, run_tf1  # noqa: E402
+import ferry  # noqa: E402,F401  (TF environment defaults before TensorFlow loads)
+from ferry.shards import load_shard  # noqa: E402
 from ferry.spec import load_spec  # noqa: E402
+from ferry.stages import WorkDir  # noqa: E402
+from ferry.tf1.session import run_tf1  # noqa: E402
 from tasks.export import call_savedmodel, export_savedmodel  # noqa: E402
 from tasks.inspect import inspect_graph  # noqa: E402
 from tasks.reconstruct import reconstruct  # noqa: E402
@@ -70,10 +72,10 @@ def timed(fn):
 def ferry_route(spec, work: Path) -> dict[str, float]:
     stages = work / "stages"
     stages.mkdir(exist_ok=True)
-    inventory, t_inspect = timed(lambda: inspect_graph(spec, stages))
+    inventory, t_inspect = timed(lambda: inspect_graph(spec, WorkDir(stages)))
     info, t_reconstruct = timed(lambda: reconstruct(spec, inventory))
-    restored, t_restore = timed(lambda: restore_weights(spec, info, stages))
-    _, t_export = timed(lambda: export_savedmodel(spec, info, restored["weights"], spec.shard_paths()[0]))
+    restored, t_restore = timed(lambda: restore_weights(spec, info, inventory, WorkDir(stages)))
+    _, t_export = timed(lambda: export_savedmodel(spec, info, restored, spec.shard_paths()[0]))
     return {"inspect": t_inspect, "reconstruct": t_reconstruct, "restore": t_restore, "export": t_export}
 
 
@@ -84,7 +86,8 @@ def wrap_route(spec, out: Path) -> None:
 
     wrapped = tf.compat.v1.wrap_function(imported, [])
     graph = wrapped.graph
-    fn = wrapped.prune(feeds=[graph.get_tensor_by_name("images:0")], fetches={"probs": graph.get_tensor_by_name("probs:0")})
+    fn = wrapped.prune(feeds=[graph.get_tensor_by_name("images:0")],
+                       fetches={"probs": graph.get_tensor_by_name("probs:0")})
     module = tf.Module()
     module.serve = fn
     tf.saved_model.save(module, str(out), signatures={"serving_default": fn})

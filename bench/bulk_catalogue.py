@@ -82,6 +82,7 @@ def run_flow(catalogue: Path, **options) -> list[dict]:
 def plain_loop(catalogue: Path, out: Path) -> tuple[float, float]:
     """The stage functions, called directly; returns (TensorFlow import seconds, stage seconds)."""
     from ferry.spec import load_catalogue
+    from ferry.stages import WorkDir
 
     start = time.perf_counter()
     from tasks.export import export_savedmodel
@@ -96,13 +97,13 @@ def plain_loop(catalogue: Path, out: Path) -> tuple[float, float]:
         work = out / "work" / name
         work.mkdir(parents=True)
         spec = spec.model_copy(update={"export": spec.export.model_copy(update={"dir": out / "exports" / name})})
-        inspected = inspect_graph(spec, work)
+        inspected = inspect_graph(spec, WorkDir(work))
         info = reconstruct(spec, inspected)
-        restored = restore_weights(spec, info, work)
+        restored = restore_weights(spec, info, inspected, WorkDir(work))
         shards = spec.shard_paths()
         for index, shard in enumerate(shards):
-            verify_shard(spec, info, restored["weights"], shard, index)
-        export_savedmodel(spec, info, restored["weights"], shards[0])
+            verify_shard(spec, info, restored, shard, index)
+        export_savedmodel(spec, info, restored, shards[0])
     return t_import, time.perf_counter() - start
 
 
@@ -131,11 +132,11 @@ def bench(root: Path, n: int) -> int:
     subprocess.run([str(Path(sys.executable).parent / "ferry"), "validate", str(catalogue)], check=True,
                    stdout=subprocess.DEVNULL)
 
-    import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
     from prefect import flow
 
+    import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
     from ferry import cache
-    from ferry.paths import project_root
+    from ferry.files import project_root
     from ferry.spec import load_catalogue
 
     @flow(name="bench-warm-up")

@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ferry import plots  # noqa: E402
+from ferry.review import plots  # noqa: E402
 
 
 def naive(reference: np.ndarray, candidate: np.ndarray, folder: Path) -> None:

@@ -16,7 +16,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Prefect's temporary (ephemeral) server needs more than its default 20 s to start on a busy machine
 # (ferry.prefect_api), and its telemetry heartbeat only adds a "database is locked" traceback there.
-from ferry.prefect_api import STARTUP_TIMEOUT_SECONDS, STARTUP_TIMEOUT_VARIABLE  # noqa: E402
+from ferry.prefect_api import STARTUP_TIMEOUT_SECONDS, STARTUP_TIMEOUT_VARIABLE
 
 os.environ.setdefault(STARTUP_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import ferry
+from ferry.files import write_atomically
 
 _CHUNK = 1 << 20
 _MEMO: dict[tuple, str] = {}
@@ -37,9 +38,7 @@ def _file_digest(path: Path, memo_dir: Path | None) -> str:
     _MEMO[key] = digest.hexdigest()
     if memo is not None:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(_MEMO[key])
-        os.replace(tmp, memo)
+        write_atomically(memo, _MEMO[key])
     return _MEMO[key]
 
 
@@ -64,12 +63,12 @@ def checkpoint_files(prefix: Path) -> list[Path]:
 
 @lru_cache(maxsize=1)
 def build_id() -> str:
-    """ferry's version plus a digest of its own code (ferry/, tasks/): new code, new keys."""
+    """ferry's version plus a digest of its own code (every module under ferry/ and tasks/): new code, new keys."""
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for folder in ("ferry", "tasks"):
-        for file in sorted((root / folder).glob("*.py")):
-            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+        for file in sorted((root / folder).rglob("*.py")):  # every module, in subpackages too
+            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
     return f"{ferry.__version__}+{digest.hexdigest()[:12]}"
 
 

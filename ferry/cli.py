@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 import ferry
-from ferry.spec import STAGES, SpecError, load_catalogue
+from ferry.spec import SpecError, load_catalogue
+from ferry.stages import STAGE_NAMES
 
 DEFAULT_CATALOGUE = "specs/catalogue.yaml"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print every problem of every spec in the catalogue, with file, field and value."""
-    from ferry.model import check_architecture
+    from ferry.keras3.build import check_architecture
 
     cat = load_catalogue(Path(args.catalogue))
     problems = [p for ps in cat.problems.values() for p in ps]
@@ -37,9 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     ensure_api()
     from flows.migrate import CatalogueFailed, migrate_catalogue
 
-    state = migrate_catalogue(str(Path(args.catalogue).resolve()), args.only or None, force=args.force or bool(args.stage),
-                              force_stage=args.stage, max_parallel=args.max_parallel, dask=args.dask,
-                              return_state=True)
+    state = migrate_catalogue(str(Path(args.catalogue).resolve()), args.only or None,
+                              force=args.force or bool(args.stage), force_stage=args.stage,
+                              max_parallel=args.max_parallel, dask=args.dask, return_state=True)
     outcome = state.result(raise_on_failure=False)
     rows = outcome.rows if isinstance(outcome, CatalogueFailed) else outcome
     if isinstance(rows, list) and rows and rows[0].get("tracking"):
@@ -58,8 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_relog(args: argparse.Namespace) -> int:
     """Log the records of a catalogue run that could not reach MLflow (its journal) into a store."""
-    from ferry.paths import project_root
-    from ferry.tracking import absolute_uri, relog, tracking_uri
+    from ferry.files import project_root
+    from ferry.review.tracking import absolute_uri, relog, tracking_uri
 
     catalogue = Path(args.catalogue).resolve()
     folder = Path(args.journal) if "/" in args.journal else project_root(catalogue) / ".ferry" / "relog" / args.journal
@@ -71,11 +72,11 @@ def cmd_relog(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Show what a `.meta` graph holds: inputs, outputs, variables, ops, training-only parts."""
-    from ferry.inventory import build_inventory, format_inventory
-
-    from ferry.auto import unsupported_ops
-    from ferry.draft import guess_signature
-    from ferry.inventory import load_graph
+    from ferry.tf1.auto import unsupported_ops
+    from ferry.tf1.draft import guess_signature
+    from ferry.tf1.inventory import build_inventory
+    from ferry.tf1.inventory_text import format_inventory
+    from ferry.tf1.load import load_graph
 
     inventory = build_inventory(Path(args.meta))
     unsupported = unsupported_ops(load_graph(Path(args.meta)), *guess_signature(inventory))
@@ -96,7 +97,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_draft_spec(args: argparse.Namespace) -> int:
     """Write an editable `graph`-form spec for a `.meta` graph."""
-    from ferry.draft import write_draft
+    from ferry.tf1.draft import write_draft
 
     out = write_draft(Path(args.meta), Path(args.output), args.name, args.shards, args.force)
     print(f"wrote {out}: confirm its inputs and outputs, then `ferry validate`")
@@ -117,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("catalogue", nargs="?", default=DEFAULT_CATALOGUE)
     run.add_argument("--only", action="append", metavar="NAME", help="migrate only this model (repeatable)")
     run.add_argument("--force", action="store_true", help="recompute every stage instead of taking cached results")
-    run.add_argument("--stage", choices=STAGES, help="with --force: recompute this stage and the ones after it")
+    run.add_argument("--stage", choices=STAGE_NAMES, help="with --force: recompute this stage and the ones after it")
     run.add_argument("--max-parallel", type=_at_least_one, metavar="N", help="models at once (default: the catalogue's "
                      "run.max_parallel)")
     run.add_argument("--dask", metavar="ADDRESS", help="fan models out over a Dask cluster: tcp://HOST:8786, or "

@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ferry.paths import process_alive
+from ferry.files import process_alive
 
 MARKER = "ferry-export.json"  # in every export: the model it holds, its spec file, ferry's version, the .keras
 LISTED = 5  # names of a refused folder's files quoted in the error
@@ -118,13 +118,3 @@ def remove_stale_temp_folders(dest: Path) -> list[Path]:
     return removed
 
 
-def move_into_place(tmp: Path, dest: Path) -> None:
-    """Replace `dest` by `tmp` with renames only, so `dest` is never half-written."""
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)

@@ -30,13 +30,17 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+
+from ferry.stages import STAGES
 
 # What a model process needs; imported once by the zygote so forks start warm.
-PRELOAD = ("tensorflow", "keras", "ferry.runtime", "tasks.inspect", "tasks.reconstruct", "tasks.restore",
-           "tasks.verify", "tasks.export")
+# What a model process needs; imported once by the zygote so forks start warm: TensorFlow, Keras and
+# every stage function's module.
+PRELOAD = ("tensorflow", "keras", *dict.fromkeys(stage.function.split(":")[0] for stage in STAGES.values()))
 
 
 class ProcessFailed(RuntimeError):
@@ -76,15 +80,15 @@ class ModelProcess:
         self._child: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None  # owns the connection: the only one to close it
 
-    def __enter__(self) -> "ModelProcess":
+    def __enter__(self) -> ModelProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, function: str, *args: Any, timeout: float | None = None, stage: str = "stage",
-             log: Callable[[int, str], None] | None = None) -> Any:
-        """Run `function(*args)` in the model's process; raise its error, or ProcessFailed.
+    def call(self, function: str, *args: Any, inputs: dict[str, Any] | None = None, timeout: float | None = None,
+             stage: str = "stage", log: Callable[[int, str], None] | None = None) -> Any:
+        """Run `function(*args, **inputs)` in the model's process; raise its error, or ProcessFailed.
 
         Log records the call emits there are passed to `log(level, message)` in this thread (so a
         Prefect run logger keeps its run context)."""
@@ -97,7 +101,7 @@ class ModelProcess:
             self._pending[call_id] = replies
         try:
             with self._send_lock:
-                self._conn.send(("call", call_id, function, args))
+                self._conn.send(("call", call_id, function, args, inputs or {}))
         except OSError:
             pass  # the reader thread reports the process's exit status
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -385,11 +389,11 @@ def _serve(conn: Connection) -> None:
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
-    def run(call_id: int, function: str, args: tuple) -> None:
+    def run(call_id: int, function: str, args: tuple, kwargs: dict[str, Any]) -> None:
         _CALL.id = call_id
         try:
             module, name = function.split(":")
-            result = getattr(importlib.import_module(module), name)(*args)
+            result = getattr(importlib.import_module(module), name)(*args, **kwargs)
             message = ("result", call_id, result)
         except BaseException as exc:  # noqa: BLE001 - every error goes back to the caller
             message = ("error", call_id, _portable(exc))
@@ -405,16 +409,16 @@ def _serve(conn: Connection) -> None:
             if message[0] == "init":
                 _configure_devices(message[1]["cpu_devices"])
                 continue
-            _, call_id, function, args = message
-            threading.Thread(target=run, args=(call_id, function, args), daemon=True).start()
+            _, call_id, function, args, kwargs = message
+            threading.Thread(target=run, args=(call_id, function, args, kwargs), daemon=True).start()
     except (EOFError, OSError):
         pass
     os._exit(0)
 
 
 # Exceptions sent back as themselves: their modules import without TensorFlow (the parent never does).
-_PORTABLE_MODULES = ("builtins", "ferry.isolation", "ferry.namemap", "ferry.parity", "ferry.shards", "ferry.spec",
-                     "ferry.transforms")
+_PORTABLE_MODULES = ("builtins", "ferry.isolation", "ferry.mapping.namemap", "ferry.mapping.transforms", "ferry.parity",
+                     "ferry.shards", "ferry.spec", "ferry.tf1.facts")
 
 
 def _portable(exc: BaseException) -> BaseException:

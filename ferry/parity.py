@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ferry.paths import write_atomically
+from ferry.files import write_atomically
 from ferry.spec import Tolerance
 
 
@@ -31,7 +31,7 @@ def compare(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> dic
     agree = (np.isnan(cand) & np.isnan(ref)) | (np.isinf(ref) & (cand == ref))
     finite = ~(cand_bad | ref_bad)
     mismatched = int(np.sum((cand_bad | ref_bad) & ~agree))
-    diff = np.abs(cand - ref)[finite]
+    diff = np.abs(cand[finite] - ref[finite])
     big = np.abs(ref[finite]) > tol.atol
     close = bool(np.all(np.isclose(cand[finite], ref[finite], rtol=tol.rtol, atol=tol.atol)))
     nonfinite_ok = mismatched == 0 and (tol.allow_nonfinite or not (cand_bad.any() or ref_bad.any()))

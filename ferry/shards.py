@@ -7,9 +7,14 @@ model's process loads them. Object arrays are refused, never unpickled.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # ferry.spec imports this module
+    from ferry.spec import ModelSpec
 
 
 class ShardError(ValueError):
@@ -58,13 +63,25 @@ def shard_problem(shard: Path, inputs: list[str]) -> str | None:
     return None
 
 
-def load_shard(shard: Path, inputs: list[str], where: str) -> dict[str, np.ndarray]:
+def read_shard(shard: Path, inputs: list[str], where: str) -> dict[str, np.ndarray]:
     """The shard's arrays for `inputs`; `where` (spec file and field) prefixes any error."""
     problem = shard_problem(Path(shard), inputs)
     if problem:
         raise ShardError(f"{where}: {problem}")
     with np.load(shard, allow_pickle=False) as data:
         return {name: data[name] for name in inputs}
+
+
+def load_shard(spec: ModelSpec, shard: Path) -> dict[str, np.ndarray]:
+    """A spec's shard: one array per serving input; an error names the spec, the shard and what is wrong."""
+    return read_shard(Path(shard), list(spec.source.inputs), f"{spec.spec_file}: verify.shards")
+
+
+def batches(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of `arrays` in batches of `size` (the last may be smaller)."""
+    rows = len(next(iter(arrays.values())))
+    for start in range(0, rows, size):
+        yield {k: v[start:start + size] for k, v in arrays.items()}
 
 
 def check_signature(arrays: dict[str, np.ndarray], signature: dict[str, dict], where: str) -> None:

@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ferry.shards import shard_problem
+from ferry.stages import STAGES
 
 
 class SpecError(Exception):
     """One or more problems in spec or catalogue files."""
 
-    def __init__(self, problems: list["Problem"]):
+    def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
@@ -94,7 +95,7 @@ class GraphNode(BaseModel):
     args: list[Any] = Field(default_factory=list, description="extra positional arguments of an `op` call")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "GraphNode":
+    def _one_kind(self) -> GraphNode:
         if (self.class_name is None) == (self.op is None):
             raise ValueError(f"node {self.name!r} needs exactly one of `class` (a Keras layer) or `op` (keras.ops)")
         if self.args and self.class_name:
@@ -113,7 +114,7 @@ class GraphArchitecture(_Strict):
     outputs: dict[str, str] = Field(min_length=1, description="serving output name -> node name")
 
     @model_validator(mode="after")
-    def _wiring(self) -> "GraphArchitecture":
+    def _wiring(self) -> GraphArchitecture:
         seen: set[str] = set()
         for i, node in enumerate(self.nodes):
             if node.name in seen:
@@ -148,7 +149,7 @@ class Architecture(_Strict):
     )
 
     @model_validator(mode="after")
-    def _one_form(self) -> "Architecture":
+    def _one_form(self) -> Architecture:
         forms = [f for f in ("layers", "graph", "factory") if getattr(self, f) is not None]
         if len(forms) != 1:
             raise ValueError(f"needs exactly one of `layers`, `graph` or `factory` (got {forms or 'none'})")
@@ -184,9 +185,9 @@ class Rule(_Strict):
         return {}
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Rule":
-        from ferry.namemap import rule_pattern
-        from ferry.transforms import TRANSFORMS
+    def _consistent(self) -> Rule:
+        from ferry.mapping.namemap import rule_pattern
+        from ferry.mapping.transforms import TRANSFORMS
 
         for pattern in self.from_ if isinstance(self.from_, list) else [self.from_]:
             if not pattern:
@@ -227,7 +228,7 @@ class NameMap(_Strict):
     @field_validator("skip")
     @classmethod
     def _skips(cls, value: list[str]) -> list[str]:
-        from ferry.namemap import SKIP_PRESETS
+        from ferry.mapping.namemap import SKIP_PRESETS
 
         for item in value:
             if item in SKIP_PRESETS:
@@ -282,7 +283,7 @@ class ModelSpec(_Strict):
     catalogue_dir: Path | None = Field(None, exclude=True, description="where factory modules are imported from")
 
     @model_validator(mode="after")
-    def _outputs_consistent(self) -> "ModelSpec":
+    def _outputs_consistent(self) -> ModelSpec:
         unknown = sorted(set(self.verify.outputs) - set(self.source.outputs))
         if unknown:
             raise ValueError(f"verify.outputs names {unknown} not in source.outputs {sorted(self.source.outputs)}")
@@ -303,17 +304,10 @@ class Tracking(_Strict):
                                    "one experiment per catalogue")
 
 
-class StageTimeouts(_Strict):
-    """Seconds each stage may run before its model's process is stopped (verify: per shard)."""
-
-    inspect: float = Field(600, gt=0)
-    reconstruct: float = Field(1800, gt=0)
-    restore: float = Field(3600, gt=0)
-    verify: float = Field(3600, gt=0)
-    export: float = Field(3600, gt=0)
-
-
-STAGES = tuple(StageTimeouts.model_fields)  # inspect, reconstruct, restore, verify, export: in order
+StageTimeouts = create_model(  # one field per stage of ferry.stages, in order, with its default
+    "StageTimeouts", __base__=_Strict,
+    __doc__="Seconds each stage may run before its model's process is stopped (verify: per shard).",
+    **{stage.name: (float, Field(stage.timeout, gt=0)) for stage in STAGES.values()})
 
 
 class RunSettings(_Strict):
@@ -350,7 +344,7 @@ class Catalogue(BaseModel):
         """The MLflow experiment of this catalogue's runs."""
         if self.tracking.experiment:
             return self.tracking.experiment
-        from ferry.paths import project_root
+        from ferry.files import project_root
 
         root = project_root(self.path)
         return f"ferry {self.path.relative_to(root) if self.path.is_relative_to(root) else self.path.name}"

@@ -7,6 +7,9 @@ threads here or, with `dask`, on the workers of a Dask cluster.
 
 from __future__ import annotations
 
+import ferry  # noqa: F401  (first: environment defaults for TensorFlow and Prefect)
+
+# isort: split
 import contextlib
 import logging
 import os
@@ -18,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -30,14 +32,29 @@ from prefect.transactions import CommitMode, transaction
 
 from ferry.isolation import ModelProcess
 from ferry.parity import ParityError, judge
-from ferry.paths import model_lock, work_dir
-from ferry.report import format_summary, summary_row
-from ferry.review import (description, link_tags, log_datasets, log_plots, log_savedmodel, log_stage_files,
-                          prefect_ui_url, register_model)
+from ferry.review.records import (
+    description,
+    link_tags,
+    log_datasets,
+    log_plots,
+    log_savedmodel,
+    log_stage_files,
+    prefect_ui_url,
+    register_model,
+)
+from ferry.review.summary import format_summary, summary_row
+from ferry.review.tracking import (
+    ModelRecord,
+    Run,
+    StageFailed,
+    attach_run,
+    close_abandoned_runs,
+    start_catalogue_run,
+    start_model_run,
+)
 from ferry.spec import Catalogue, ModelSpec, RunSettings, load_catalogue, spec_name_hint
-from ferry.tracking import (ModelRecord, Run, StageFailed, attach_run, close_abandoned_runs, start_catalogue_run,
-                            start_model_run)
-from tasks.stages import REPORTED, STAGES, ModelRun, forced_stages
+from ferry.stages import STAGE_NAMES, Reconstructed, Restored, WorkDir, forced_stages
+from tasks.stages import REPORTED, ModelRun
 
 
 def _no_needless_traceback(record: logging.LogRecord) -> bool:
@@ -170,8 +187,8 @@ def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_r
     run = start_model_run(attach_run(tracking_uri, parent_run_id, journal), model, experiment)
     record = ModelRecord(run, model)
     try:
-        work = work_dir(Path(catalogue), model)
-        with model_lock(work, get_run_logger().info):
+        work = WorkDir.of(Path(catalogue), model)
+        with work.lock(get_run_logger().info):
             row, error = _migrate(spec, settings, work, run, record, forced_stages(force, force_stage))
     except BaseException as exc:  # the run must not stay RUNNING; say why it ended
         with contextlib.suppress(Exception):
@@ -183,7 +200,7 @@ def migrate_one(spec: ModelSpec, settings: RunSettings, catalogue: str, parent_r
     return row
 
 
-def _migrate(spec: ModelSpec, settings: RunSettings, work: Path, run: Run, record: ModelRecord,
+def _migrate(spec: ModelSpec, settings: RunSettings, work: WorkDir, run: Run, record: ModelRecord,
              force: frozenset[str]) -> tuple[dict[str, Any], StageFailed | None]:
     """The stages, then what the reviewer sees; (the summary row, the stage failure or None)."""
     model = spec.name
@@ -192,23 +209,23 @@ def _migrate(spec: ModelSpec, settings: RunSettings, work: Path, run: Run, recor
     _for_review(run, model, "datasets", log_datasets, spec)
     process = ModelProcess(model, settings.cpu_devices, settings.memory_limit_mb)
     stages = ModelRun(spec, work, process, settings.timeouts, force)
-    exported, info, error = None, None, None
+    exported, reconstructed, error = None, None, None
     try:
         # Each stage's result is committed as soon as the stage completes (EAGER): a later stage failing
         # the model must not roll back, and so uncache, the stages that completed.
         with process, transaction(commit_mode=CommitMode.EAGER):
             with record.stage("inspect"):
-                inspected = stages.run("inspect", str(work))
+                inspected = stages.run("inspect", work=work)
             with record.stage("reconstruct"):
-                info = stages.run("reconstruct", inspected)
-                run.metrics({"model.params": info["params"]})
+                reconstructed = stages.run("reconstruct", inspected=inspected)
+                run.metrics({"model.params": reconstructed["params"]})
             with record.stage("restore"):
-                restored = stages.run("restore", info, str(work), upstream=(inspected,))
+                restored = stages.run("restore", reconstructed=reconstructed, inspected=inspected, work=work)
             with record.stage("verify"):
-                _verify(stages, info, restored, run, work)
+                _verify(stages, reconstructed, restored, run, work)
             with record.stage("export"):
-                exported = stages.run("export", info, restored["weights"], str(spec.shard_paths()[0]),
-                                      upstream=(restored,))
+                exported = stages.run("export", reconstructed=reconstructed, restored=restored,
+                                      shard=str(spec.shard_paths()[0]))
                 log_savedmodel(run, Path(exported["path"]), work, cached=stages.states["export"] == "Cached")
     except StageFailed as exc:
         error = exc
@@ -221,7 +238,7 @@ def _migrate(spec: ModelSpec, settings: RunSettings, work: Path, run: Run, recor
     tags = link_tags(spec, stages.task_runs)
     tags.update({"cached_stages": cached, "mlflow.note.content": description(spec, row, tags["checkpoint.sha256"])})
     if error is None:  # only a migration that passed is handed over
-        _for_review(run, model, "registry", register_model, spec, info, exported, tags)
+        _for_review(run, model, "registry", register_model, spec, reconstructed, exported, tags)
     record.finish(ok=error is None, error=str(error) if error else None, tags=tags)
     return row, error
 
@@ -236,7 +253,7 @@ def _for_review(run: Run, model: str, what: str, fn, *args) -> None:
         run.tags({f"{what}.error": f"{type(exc).__name__}: {exc}"[:5000]})
 
 
-def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], run: Run, work: Path) -> None:
+def _verify(stages: ModelRun, reconstructed: Reconstructed, restored: Restored, run: Run, work: WorkDir) -> None:
     """One task per shard, run concurrently in the model's process; every shard's parity is logged
     (shard index as step) before judging."""
     shards = stages.spec.shard_paths()
@@ -245,9 +262,8 @@ def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], ru
 
     def one(index: int, shard: Path) -> Any:
         try:
-            return stages.run("verify", info, restored["weights"], str(shard), index,
-                              str(work / "outputs" / f"shard-{index}.npz"), upstream=(restored,),
-                              label=f"verify-shard-{index}")
+            return stages.run("verify", label=f"verify-shard-{index}", reconstructed=reconstructed,
+                              restored=restored, shard=str(shard), index=index, work=work)
         except ParityError as exc:
             return exc.record
         except Exception as exc:  # noqa: BLE001 - the verdict lists every shard's error
@@ -259,7 +275,7 @@ def _verify(stages: ModelRun, info: dict[str, Any], restored: dict[str, Any], ru
     errors = [f"shard {i}: {type(o).__name__}: {o}" for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
     run.metric_steps({record["index"]: {f"parity.{name}.{k}": v for name, out in record["outputs"].items()
                                         for k, v in out.items() if k in _PARITY_METRICS} for record in records})
-    judge(records, errors, work / "parity.json")
+    judge(records, errors, work.parity)
 
 
 _PARITY_METRICS = ("max_abs_err", "mean_abs_err", "max_rel_err", "norm_rel_err", "argmax_agreement")
@@ -308,4 +324,4 @@ def _record_invalid_spec(parent: Run, experiment: str, file: str, problems) -> d
     return summary_row(name, "failed", "spec", {}, None, None, "; ".join(str(p) for p in problems))
 
 
-__all__ = ["STAGES", "CatalogueFailed", "migrate_catalogue", "migrate_model", "run_catalogue"]
+__all__ = ["STAGE_NAMES", "CatalogueFailed", "migrate_catalogue", "migrate_model", "run_catalogue"]

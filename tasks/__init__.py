@@ -1,7 +1,8 @@
 """ferry's stages as Prefect tasks: plain typed functions that hand each other paths and small records."""
 
-import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
+import ferry  # noqa: F401  (first: environment defaults for TensorFlow and Prefect)
 
+# isort: split
 import logging
 
 from prefect.exceptions import MissingContextError

@@ -14,12 +14,14 @@ import tensorflow as tf
 
 import ferry
 from ferry.cache import fingerprint
-from ferry.export_dir import (check_replaceable, make_temp_folder, move_into_place, remove_stale_temp_folders,
-                              write_marker)
-from ferry.layers import portability
+from ferry.export_dir import check_replaceable, make_temp_folder, remove_stale_temp_folders, write_marker
+from ferry.files import replace_folder
+from ferry.keras3.layers import portability
+from ferry.keras3.run import load_keras, run_keras
 from ferry.parity import compare
-from ferry.runtime import load_keras, load_shard, run_keras
+from ferry.shards import load_shard
 from ferry.spec import ModelSpec
+from ferry.stages import Exported, Reconstructed, Restored
 
 SIGNATURE = "serving_default"
 
@@ -75,7 +77,7 @@ def recheck(spec: ModelSpec, what: str, got: dict[str, np.ndarray], expected: di
     return checks
 
 
-def export_savedmodel(spec: ModelSpec, model_info: dict[str, Any], weights: str, shard: Path) -> dict[str, Any]:
+def export_savedmodel(spec: ModelSpec, reconstructed: Reconstructed, restored: Restored, shard: str | Path) -> Exported:
     """Write the SavedModel and `<name>.keras` to a temporary folder beside `export.dir`, reload both and
     check them on `shard`, then move the folder into place (refused if `export.dir` holds anything but
     an earlier export of this model)."""
@@ -83,13 +85,13 @@ def export_savedmodel(spec: ModelSpec, model_info: dict[str, Any], weights: str,
     check_replaceable(dest, spec.name, spec.spec_file)
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_folders(dest)
-    model = load_keras(spec, model_info, weights)
+    model = load_keras(spec, reconstructed, restored["weights"])
     arrays = load_shard(spec, Path(shard))
     expected = run_keras(spec, model, arrays, spec.verify.batch_size, "/CPU:0")
     keras_record = {"file": f"{spec.name}.keras", **portability(model)}
     tmp = make_temp_folder(dest)
     try:
-        write_savedmodel(spec, model, model_info["inputs"], tmp)
+        write_savedmodel(spec, model, reconstructed["inputs"], tmp)
         checks = recheck(spec, "SavedModel", call_savedmodel(tmp, arrays), expected, shard)
         reloaded = save_and_reload_keras(spec, model, tmp / keras_record["file"])
         got = run_keras(spec, reloaded, arrays, spec.verify.batch_size, "/CPU:0")
@@ -99,7 +101,7 @@ def export_savedmodel(spec: ModelSpec, model_info: dict[str, Any], weights: str,
                                           "outputs": list(spec.source.outputs)},
                            "keras": keras_record})
         check_replaceable(dest, spec.name, spec.spec_file)  # again: something may have landed there meanwhile
-        move_into_place(tmp, dest)
+        replace_folder(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-from ferry.graph_facts import graph_refs, resolve
-from ferry.inventory import load_graph
-from ferry.auto import translate
-from ferry.model import check_architecture, layer_names, model_from_info, weight_paths
+from ferry.keras3.build import check_architecture, layer_names, model_from_info, weight_paths
 from ferry.spec import ModelSpec, SpecError
+from ferry.stages import Inspected, Reconstructed
+from ferry.tf1.auto import translate
+from ferry.tf1.facts import graph_refs, resolve
+from ferry.tf1.load import load_graph
 
 
 def input_signature(spec: ModelSpec, inventory: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -48,7 +48,7 @@ def graph_values(spec: ModelSpec) -> dict[str, dict[str, Any]]:
     return {name: resolve(graph, config, f"{spec.spec_file}: {where}") for where, name, config in named}
 
 
-def reconstruct(spec: ModelSpec, inspected: dict[str, Any]) -> dict[str, Any]:
+def reconstruct(spec: ModelSpec, inspected: Inspected) -> Reconstructed:
     """Build the model once to check it; return its input signature, graph values and weight shapes."""
     problems = check_architecture(spec)  # what `ferry validate` says, as it says it
     if problems:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +10,25 @@ import numpy as np
 import tensorflow as tf
 
 from ferry.cache import fingerprint
-from ferry.graph_facts import graph_refs, resolve
-from ferry.inventory import load_graph
-from ferry.model import model_from_info, resolved, weight_paths
-from ferry.paths import temporary_sibling, write_atomically
-from ferry.namemap import MappingPlan, RestoreError, Source, Tensor, plan_mapping
+from ferry.facts import PARTITION
+from ferry.files import write_atomically
+from ferry.keras3.build import model_from_info, resolved, weight_paths
+from ferry.mapping.namemap import MappingPlan, RestoreError, Source, Tensor, plan_mapping
+from ferry.mapping.transforms import TransformError, run_transform
 from ferry.spec import ModelSpec
-from ferry.transforms import TransformError, run_transform
+from ferry.stages import Inspected, Reconstructed, Restored, WorkDir
+from ferry.tf1.facts import graph_refs, resolve
+from ferry.tf1.load import load_graph
 
 # Bookkeeping keys TF writes into checkpoints; never model state.
 METADATA_KEYS = {"_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
-def checkpoint_tensors(reader, inventory_path: Path | None) -> dict[str, Tensor]:
-    """Checkpoint keys with shapes and dtypes, in graph order where the inventory knows it."""
+def checkpoint_tensors(reader, variables: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Checkpoint keys with shapes and dtypes, in the order of the graph's `variables` (the inventory's)."""
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
-    order: list[str] = []
-    if inventory_path and inventory_path.exists():
-        order = [v["name"] for v in json.loads(inventory_path.read_text())["variables"]]
+    order = [v["name"] for v in variables]
     rank = {name: i for i, name in enumerate(order)}
     keys = sorted((k for k in shapes if k not in METADATA_KEYS), key=lambda k: (rank.get(k, len(rank)), k))
     return {k: Tensor(tuple(shapes[k]), dtypes[k].name) for k in keys}
@@ -56,18 +54,17 @@ def _read(reader, source: Source, prefix: Path) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
-def check_belongs(checkpoint: dict[str, Tensor], inventory_path: Path, spec: ModelSpec) -> None:
+def check_belongs(checkpoint: dict[str, Tensor], variables: list[dict[str, Any]], spec: ModelSpec) -> None:
     """Raise when the checkpoint holds almost none of the graph's inference variables (by name and shape,
     a partition `X/part_N` by its own or its base name): it was written by another model, and no name-map
     rule could fix that."""
-    variables = json.loads(inventory_path.read_text())["variables"] if inventory_path.exists() else []
     variables = [v for v in variables if not v["training_only"]] or variables
 
     def found(v: dict[str, Any]) -> bool:
         key = v["name"]
         if key in checkpoint:
             return list(checkpoint[key].shape) == v["shape"]
-        return re.fullmatch(r"(.+)/part_\d+", key) is not None and key.rsplit("/", 1)[0] in checkpoint
+        return (part := PARTITION.fullmatch(key)) is not None and part.group(1) in checkpoint
 
     present = [v for v in variables if found(v)]
     if variables and len(present) < len(variables) / 2:
@@ -106,19 +103,19 @@ def _counted(errors: list[str]) -> list[str]:
     return [e if n == 1 else f"{e} (x{n})" for e, n in counts.items()]
 
 
-def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path | str) -> dict[str, Any]:
-    """Assign checkpoint values to the Keras weights; write mapping.json and the restored weights file."""
-    work = Path(work)
+def restore_weights(spec: ModelSpec, reconstructed: Reconstructed, inspected: Inspected, work: WorkDir) -> Restored:
+    """Assign checkpoint values to the Keras weights; write the mapping report and the restored weights."""
+    variables = json.loads(Path(inspected["inventory"]).read_text())["variables"]
     prefix = spec.source.checkpoint_prefix
     try:
         reader = tf.train.load_checkpoint(str(prefix))
     except (tf.errors.OpError, ValueError) as exc:
         raise RestoreError(f"{spec.spec_file}: source.checkpoint: cannot open {prefix}: "
                            f"{str(exc).splitlines()[0]}") from None
-    checkpoint = checkpoint_tensors(reader, work / "inventory.json")
-    check_belongs(checkpoint, work / "inventory.json", spec)
-    model = model_from_info(spec, model_info)
-    spec = resolved(spec, model_info)  # `auto`: the rules derived from the graph
+    checkpoint = checkpoint_tensors(reader, variables)
+    check_belongs(checkpoint, variables, spec)
+    model = model_from_info(spec, reconstructed)
+    spec = resolved(spec, reconstructed)  # `auto`: the rules derived from the graph
     weights = weight_paths(model)
     plan = plan_mapping(checkpoint, {p: Tensor(tuple(w.shape), w.dtype) for p, w in weights.items()},
                         spec.name_map, transform_params(spec))
@@ -129,17 +126,11 @@ def restore_weights(spec: ModelSpec, model_info: dict[str, Any], work: Path | st
 
     report = {"coverage": plan.coverage, "errors": plan.errors, "suggestions": plan.suggestions,
               "table": plan.table()}
-    write_atomically(work / "mapping.json", json.dumps(report, indent=1))
+    write_atomically(work.mapping, json.dumps(report, indent=1))
     if plan.errors:
         raise RestoreError(f"{spec.spec_file}: name_map: " + "\n".join(_counted(plan.errors)))
 
-    weights_file = work / "restored.weights.h5"
-    partial = temporary_sibling(weights_file, ".tmp.weights.h5")  # Keras wants the suffix; unique per call
-    try:
-        model.save_weights(partial)
-        os.replace(partial, weights_file)
-    finally:
-        partial.unlink(missing_ok=True)
-    mapping = work / "mapping.json"  # fingerprinted: a later failed attempt overwriting it uncaches this result
-    return {"weights": str(weights_file), "mapping": str(mapping), "coverage": plan.coverage,
-            "files": {str(weights_file): fingerprint(weights_file), str(mapping): fingerprint(mapping)}}
+    write_atomically(work.weights, model.save_weights, ".tmp.weights.h5")  # Keras insists on the suffix
+    # Both fingerprinted: a later failed attempt overwriting the report uncaches this result.
+    return {"weights": str(work.weights), "mapping": str(work.mapping), "coverage": plan.coverage,
+            "files": {str(work.weights): fingerprint(work.weights), str(work.mapping): fingerprint(work.mapping)}}

@@ -3,17 +3,19 @@ catalogue in temporary folders, a temporary MLflow store, and Prefect's test har
 
 from __future__ import annotations
 
+import ferry  # noqa: F401  (first: environment defaults for TensorFlow and Prefect)
+
+# isort: split
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import pytest
 import yaml
-from prefect_server import prefect_server  # noqa: F401  (a real Prefect server on loopback, session fixture)
 from mlflow_server import mlflow_server  # noqa: F401  (a real MLflow tracking server on loopback, session fixture)
+from prefect_server import prefect_server  # noqa: F401  (a real Prefect server on loopback, session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 

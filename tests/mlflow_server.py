@@ -32,8 +32,8 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from prefect_server import STARTUP_TIMEOUT_SECONDS, _stop, free_port, wait_healthy
@@ -50,7 +50,8 @@ def mlflow_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def run_mlflow_server(folder: Path, port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
+def run_mlflow_server(folder: Path, port: int | None = None,
+                      startup_timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
     """An `mlflow server` subprocess with its SQLite store and artifacts under `folder`; yields its url."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"

@@ -23,8 +23,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -86,7 +87,8 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 
 @contextlib.contextmanager
-def run_prefect_server(folder: Path, port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
+def run_prefect_server(folder: Path, port: int | None = None,
+                       startup_timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
     """A `prefect server start` subprocess with its home and database under `folder`; yields its API url.
 
     The scheduler service is off: a deployment's cron schedule is stored and reported as usual, but
@@ -189,6 +191,15 @@ def flow_run_logs(api_url: str, flow_run_id: str, limit: int = 200) -> str:
     """The flow run's log lines, oldest first, as text."""
     body = {"limit": limit, "offset": 0, "sort": "TIMESTAMP_ASC", "logs": {"flow_run_id": {"any_": [flow_run_id]}}}
     return "\n".join(f"{r['level']:>2} {r['message']}" for r in api(api_url, "POST", "/logs/filter", body))
+
+
+def wait_for_log(api_url: str, flow_run_id: str, text: str, timeout: float = 60) -> str:
+    """The flow run's logs once they hold `text` (a run's last lines reach the API a few seconds after its
+    final state), or as they are after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while text not in (logs := flow_run_logs(api_url, flow_run_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return logs
 
 
 def wait_for_flow_run(api_url: str, flow_run_id: str, timeout: float = 120, states=FINAL_STATES,

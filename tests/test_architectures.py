@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from ferry.cli import main
-from ferry.model import build_model, weight_paths
+from ferry.keras3.build import build_model, weight_paths
 from ferry.spec import load_catalogue
+from ferry.stages import WorkDir
 from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
 from tasks.restore import RestoreError, restore_weights
@@ -32,7 +33,8 @@ def spec_of(catalogue: Path, name: str):
 
 def test_graph_form_builds_residual_dag_with_uint8_preprocessing(catalogue, tmp_path):
     spec = spec_of(catalogue, "resnet_bn")
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
     assert info["inputs"] == {"images": {"shape": [32, 32, 3], "dtype": "uint8"}}
     # epsilon of every batch norm read from its FusedBatchNorm op (1e-5 here, Keras' default is 1e-3)
     assert {name: v["epsilon"] for name, v in info["graph_values"].items()} == {
@@ -76,9 +78,10 @@ def test_factory_outside_allowed_modules_is_refused_before_import(catalogue):
 
 def test_factory_model_restores_through_attention_head_transforms(catalogue, tmp_path):
     spec = spec_of(catalogue, "transformer")
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
     assert info["weights"]["attention/query/kernel"]["shape"] == [32, 2, 16]
-    restored = restore_weights(spec, info, tmp_path)
+    restored = restore_weights(spec, info, inspected, WorkDir(tmp_path))
     assert restored["coverage"]["model_weights"] == 1.0
     table = json.loads((tmp_path / "mapping.json").read_text())["table"]
     rows = dict(zip(table["key"], zip(table["target"], table["transform"], table["key_shape"], table["target_shape"])))
@@ -90,9 +93,10 @@ def test_transform_given_the_wrong_shape_stops_the_model(catalogue, tmp_path):
     """An LSTM of the wrong width: the lstm transform refuses, naming the spec file, rule and shapes."""
     edit_spec(catalogue, "text_lstm", lambda d: d["architecture"]["layers"][1].update(units=16))
     spec = spec_of(catalogue, "text_lstm")
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
     with pytest.raises(RestoreError) as err:
-        restore_weights(spec, info, tmp_path)
+        restore_weights(spec, info, inspected, WorkDir(tmp_path))
     message = str(err.value)
     assert str(spec.spec_file) in message and "rules[1] 'rnn/lstm_cell' -> 'lstm/lstm_cell' [lstm]" in message
     assert "[48, 128]" in message  # the TF1 kernel's shape
@@ -121,7 +125,8 @@ def test_unknown_transform_and_param_are_spec_errors(catalogue):
 
 def test_weight_paths_are_relative_to_the_model(catalogue, tmp_path):
     spec = spec_of(catalogue, "gru_seq")
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
     model = build_model(spec, info["inputs"])
     assert sorted(weight_paths(model)) == ["gru/gru_cell/bias", "gru/gru_cell/kernel", "gru/gru_cell/recurrent_kernel",
                                            "head/bias", "head/kernel"]

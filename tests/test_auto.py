@@ -8,15 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, run_tf1_script, run_tf1_source
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, run_tf1_script, run_tf1_source
-from ferry.auto import SUPPORTED, UnsupportedGraph
 from ferry.cli import main
+from ferry.shards import load_shard
 from ferry.spec import load_catalogue, load_spec
+from ferry.stages import WorkDir
+from ferry.tf1.auto import SUPPORTED, UnsupportedGraph
+from ferry.tf1.session import run_tf1
 from flows.migrate import migrate_catalogue
 from tasks.export import call_savedmodel
-from ferry.runtime import load_shard, run_tf1
 from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
 from tasks.restore import restore_weights
@@ -38,7 +40,8 @@ def save(name, graph, sess, inputs):
     os.makedirs(f"{out}/{name}/shards")
     v1.train.Saver().save(sess, f"{out}/{name}/model.ckpt")
     for i in range(2):
-        np.savez(f"{out}/{name}/shards/shard-{i}.npz", **{k: rng.rand(*s).astype(np.float32) for k, s in inputs.items()})
+        np.savez(f"{out}/{name}/shards/shard-{i}.npz",
+                 **{k: rng.rand(*s).astype(np.float32) for k, s in inputs.items()})
 
 # A tf.compat.v1.layers CNN with batch norm and dropout behind an is_training switch (default False).
 g = tf.Graph()
@@ -111,11 +114,12 @@ def auto_spec(spec_path: Path, tmp_path: Path):
 @pytest.mark.parametrize("name", ZOO + SLIM + ["layers_bn_dropout"])
 def test_auto_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
     spec = auto_spec(draft(graphs[name], tmp_path, name), tmp_path)
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
-    restored = restore_weights(spec, info, tmp_path)
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
+    restored = restore_weights(spec, info, inspected, WorkDir(tmp_path))
     assert restored["coverage"]["model_weights"] == 1.0  # every weight bound by construction
     for i, shard in enumerate(spec.shard_paths()[:2]):
-        record = verify_shard_records(spec, info, restored["weights"], shard, i)
+        record = verify_shard_records(spec, info, restored, shard, i)
         for out in record["outputs"].values():
             assert out["passed"], out
             assert out["norm_rel_err"] <= 1e-4
@@ -125,7 +129,8 @@ def test_auto_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
 
 def test_auto_layers_are_idiomatic_and_named_after_tf1_scopes(graphs, tmp_path):
     spec = auto_spec(draft(graphs["slim_resnet_v1"], tmp_path, "r"), tmp_path)
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
     nodes = {n["name"]: n for n in info["auto"]["architecture"]["graph"]["nodes"]}
     conv = nodes["resnet_v1.conv1"]
     assert conv["class"] == "Conv2D" and conv["use_bias"] is False and conv["kernel_size"] == [7, 7]
@@ -138,7 +143,8 @@ def test_auto_layers_are_idiomatic_and_named_after_tf1_scopes(graphs, tmp_path):
     assert rules["resnet_v1/conv1/BatchNorm/moving_variance"] == "resnet_v1.conv1.BatchNorm/moving_variance"
 
     spec = auto_spec(draft(graphs["text_lstm"], tmp_path, "t"), tmp_path)
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
     [lstm] = [n for n in info["auto"]["architecture"]["graph"]["nodes"] if n.get("class") == "LSTM"]
     assert lstm["name"] == "rnn.lstm_cell" and lstm["units"] == 32
     assert {"from": "rnn/lstm_cell", "to": "rnn.lstm_cell/lstm_cell", "match": "exact",
@@ -149,7 +155,7 @@ def test_unsupported_ops_are_listed_with_one_node_each(graphs, tmp_path, capsys)
     meta = graphs["unsupported"]
     with pytest.raises(UnsupportedGraph) as err:
         main_out = tmp_path / "models" / "u.yaml"
-        from ferry.draft import draft_spec
+        from ferry.tf1.draft import draft_spec
         draft_spec(meta, main_out)
     assert err.value.found == {"Cumsum": "Cumsum_1", "LRN": "LRN", "ResizeBilinear": "resize/ResizeBilinear"}
     message = str(err.value)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-
 from conftest import run_tf1_source
-from ferry.model import build_model, weight_paths
+
+from ferry.keras3.build import build_model, weight_paths
 from ferry.spec import ModelSpec, load_spec
+from ferry.stages import WorkDir
 from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
 from tasks.restore import RestoreError, restore_weights
@@ -79,8 +80,9 @@ def variants(tmp_path_factory) -> Path:
 
 
 def restored(spec, tmp_path):
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
-    result = restore_weights(spec, info, tmp_path)
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
+    result = restore_weights(spec, info, inspected, WorkDir(tmp_path))
     model = build_model(spec, info["inputs"])
     model.load_weights(result["weights"])
     return result, weight_paths(model)
@@ -115,14 +117,15 @@ def test_low_precision_keys_need_the_cast_policy(variants, tmp_path, scope):
     skip = ["optimizer", "ema", "emb", "dense/.*", "half/.*" if scope == "brain" else "brain/.*"]
     spec = make_spec(variants, tmp_path, layers=layers, rules=rules, skip=skip)
     spec = spec.model_copy(update={"architecture": spec.architecture.model_copy(update={"input_shapes": {"x": [4]}})})
-    info = reconstruct(spec, inspect_graph(spec, tmp_path))
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
     dtype = "float16" if scope == "half" else "bfloat16"
     with pytest.raises(RestoreError, match=rf"dtype mismatch: checkpoint key\(s\) \['{scope}/kernel'\] are {dtype}, "
                                            rf"model weight '{scope}/kernel' is float32"):
-        restore_weights(spec, info, tmp_path)
+        restore_weights(spec, info, inspected, WorkDir(tmp_path))
 
     cast = spec.model_copy(update={"name_map": spec.name_map.model_copy(update={"dtype_policy": "cast"})})
-    result = restore_weights(cast, info, tmp_path)
+    result = restore_weights(cast, info, inspected, WorkDir(tmp_path))
     table = json.loads((tmp_path / "mapping.json").read_text())["table"]
     assert [t for k, t in zip(table["key"], table["transform"]) if k == f"{scope}/kernel"] == [f"cast {dtype}->float32"]
     model = build_model(cast, info["inputs"])

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-
 from prefect_server import (
     REPO,
     filter_flow_runs,
@@ -24,6 +23,7 @@ from prefect_server import (
     read_flow_run,
     read_work_pool,
     wait_for_flow_run,
+    wait_for_log,
 )
 
 SET_WORKING_DIRECTORY = "prefect.deployments.steps.set_working_directory"
@@ -121,7 +121,7 @@ def test_worker_runs_on_demand_model_and_retries_a_failed_run(prefect_server, de
         assert mlp_spec.read_text() != good
         failed_id = _run_deployment(prefect_server, deployed, model="mlp", catalogue=str(catalogue))
         failed = wait_for_flow_run(prefect_server, failed_id, timeout=180, log=log)
-        logs = flow_run_logs(prefect_server, failed_id)
+        logs = wait_for_log(prefect_server, failed_id, "mlp: failed at restore")  # logs arrive in batches
         assert failed["state_type"] == "FAILED" and "mlp: failed at restore" in logs, logs
         assert not mlp_export.exists()
 

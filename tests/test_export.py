@@ -17,20 +17,22 @@ from pathlib import Path
 import mlflow.artifacts
 import numpy as np
 import pytest
+from conftest import REPO, artifact_paths
 from mlflow.tracking import MlflowClient
+from test_auto import ZOO, auto_spec, draft
 
 import ferry
-from conftest import REPO, artifact_paths
 from ferry.export_dir import MARKER, ExportDirError, read_marker, temp_folder_name
-from ferry.registry import load_migrated
-from ferry.runtime import load_shard, run_tf1
+from ferry.review.registry import load_migrated
+from ferry.shards import load_shard
 from ferry.spec import Export, load_catalogue
+from ferry.stages import WorkDir
+from ferry.tf1.session import run_tf1
 from flows.migrate import CatalogueFailed, migrate_catalogue
 from tasks.export import call_savedmodel, export_savedmodel
 from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
 from tasks.restore import restore_weights
-from test_auto import ZOO, auto_spec, draft
 
 SAVEDMODEL = {"assets", "fingerprint.pb", "saved_model.pb", "variables"}
 
@@ -38,8 +40,9 @@ SAVEDMODEL = {"assets", "fingerprint.pb", "saved_model.pb", "variables"}
 def stages(spec, work: Path) -> tuple[dict, dict]:
     """reconstruct and restore as plain functions: the model info and the restored weights."""
     work.mkdir(parents=True, exist_ok=True)
-    info = reconstruct(spec, inspect_graph(spec, work))
-    return info, restore_weights(spec, info, work)
+    inspected = inspect_graph(spec, WorkDir(work))
+    info = reconstruct(spec, inspected)
+    return info, restore_weights(spec, info, inspected, WorkDir(work))
 
 
 def export(spec, work: Path, dest: Path | None = None) -> dict:
@@ -47,7 +50,7 @@ def export(spec, work: Path, dest: Path | None = None) -> dict:
     if dest is not None:
         spec = spec.model_copy(update={"export": Export(dir=dest)})
     info, restored = stages(spec, work)
-    return export_savedmodel(spec, info, restored["weights"], spec.shard_paths()[0])
+    return export_savedmodel(spec, info, restored, spec.shard_paths()[0])
 
 
 def spec_of(catalogue: Path, name: str):
@@ -81,13 +84,13 @@ import keras
 
 results = {}
 for job in json.loads(sys.argv[1]):
-    if job["custom_layers"] and "ferry.layers" not in sys.modules:
+    if job["custom_layers"] and "ferry.keras3.layers" not in sys.modules:
         try:
             keras.saving.load_model(job["keras"])
             results["loads_without_ferry"] = job["name"]
         except TypeError as exc:
             assert "Could not locate class 'Weight'" in str(exc), exc
-        import ferry.layers  # noqa: F401
+        import ferry.keras3.layers  # noqa: F401
     model = keras.saving.load_model(job["keras"])
     with np.load(job["npz"]) as data:
         inputs = [data[k] for k in data.files if k.startswith("in.")]
@@ -172,12 +175,12 @@ def test_auto_zoo_keras_models_are_portable_and_match_tf1_on_jax(zoo, tmp_path):
     # position table): all backend-neutral.
     assert {n: e["keras"]["portable"] for n, e in exported.items()} == {n: True for n in ZOO}
     assert {n: e["keras"]["custom_layers"] for n, e in exported.items() if e["keras"]["custom_layers"]} == {
-        "transformer": ["ferry.layers.Weight"]}
+        "transformer": ["ferry.keras3.layers.Weight"]}
 
     loaded = run_python(LOAD_KERAS, json.dumps(jobs), cwd=tmp_path, KERAS_BACKEND="jax")
     assert loaded["backend"] == "jax"
-    assert loaded["imported"] == ["ferry"]  # ferry.layers for transformer; TensorFlow never
-    assert "loads_without_ferry" not in loaded["results"]  # transformer needs `import ferry.layers`
+    assert loaded["imported"] == ["ferry"]  # ferry.keras3.layers for transformer; TensorFlow never
+    assert "loads_without_ferry" not in loaded["results"]  # transformer needs `import ferry.keras3.layers`
     failed = {name: out for name in ZOO for out in loaded["results"][name].values() if not out["passed"]}
     assert not failed, loaded["results"]
     print({name: {k: v["max_abs_err"] for k, v in loaded["results"][name].items()} for name in ZOO})

@@ -18,9 +18,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -121,7 +121,8 @@ CASES: dict[str, Case] = {
                              shard("shard.npz", x=np.array([{"a": 1}], dtype=object))),
     "shard_scalar": Case("spec", "['x'] are scalars; each input needs a batch axis",
                          shard("shard.npz", x=np.float32(1.0))),
-    "shard_wrong_shape": Case("verify", "verify.shards: shard.npz: input 'x' has rows of shape [3]; the model takes [1]",
+    "shard_wrong_shape": Case("verify",
+                              "verify.shards: shard.npz: input 'x' has rows of shape [3]; the model takes [1]",
                               shard("shard.npz", x=np.zeros((4, 3), np.float32))),
     "nan_inputs": Case("verify", "non-finite values (NaN/inf): 8 in TF1's output, 8 in Keras', 0 where they differ",
                        shard("shard.npz", x=NAN)),
@@ -387,7 +388,8 @@ def test_a_killed_run_is_closed_by_the_next_one_which_cleans_up_after_it(project
     assert "was left RUNNING by process" in done.stdout + done.stderr
     for old in left:
         closed = client.get_run(old.info.run_id)
-        assert closed.info.status == "KILLED" and "ended without closing this run" in closed.data.tags["ferry.abandoned"]
+        assert closed.info.status == "KILLED"
+        assert "ended without closing this run" in closed.data.tags["ferry.abandoned"]
     with sqlite3.connect(project / "prefect-home" / "prefect.db") as db:
         [(state,)] = db.execute("select state_type from flow_run where id = ?", (flow_run_id,)).fetchall()
     assert state == "CRASHED"
@@ -401,8 +403,8 @@ def test_a_killed_run_is_closed_by_the_next_one_which_cleans_up_after_it(project
 def test_auto_on_google_bert_names_the_node_instead_of_a_raw_type_error(tmp_path):
     """bert-tensorflow's modeling.py computes shapes at run time (`get_shape_list`); until `auto` translates
     that, it must say which node it could not translate — never a bare `TypeError: int() ...`."""
-    from ferry.auto import UnsupportedGraph, translate
-    from ferry.inventory import load_graph
+    from ferry.tf1.auto import UnsupportedGraph, translate
+    from ferry.tf1.load import load_graph
 
     run_tf1_script(REPO / "tests" / "tf1_builders" / "bert_tiny.py", tmp_path)
     graph = load_graph(tmp_path / "bert_tiny" / "model.ckpt.meta")

@@ -13,15 +13,16 @@ from conftest import artifact_paths
 from mlflow.tracking import MlflowClient
 
 from ferry.cli import main
-from ferry.registry import load_migrated
-from ferry.runtime import load_shard, run_tf1
+from ferry.review.registry import load_migrated
+from ferry.shards import load_shard
 from ferry.spec import load_catalogue
+from ferry.stages import STAGE_NAMES
+from ferry.tf1.session import run_tf1
 from flows.migrate import CatalogueFailed, migrate_catalogue
 from tasks.export import call_savedmodel
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-STAGES = ["inspect", "reconstruct", "restore", "verify", "export"]
 
 
 def runs_of(client: MlflowClient, experiment: str):
@@ -56,7 +57,7 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
         assert metrics["coverage.model_weights"] == 1.0
         assert metrics["coverage.checkpoint_keys"] == 1.0
         assert metrics["coverage.checkpoint_keys_skipped"] > 0  # optimizer slots and global_step
-        assert all(metrics[f"duration.{stage}"] > 0 for stage in STAGES)
+        assert all(metrics[f"duration.{stage}"] > 0 for stage in STAGE_NAMES)
         assert run.data.params["name"] == name
         assert run.data.params["verify.tolerance.atol"] == "1e-05"
         artifacts = artifact_paths(client, run.info.run_id)
@@ -69,7 +70,8 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
         assert tags["prefect.flow_run_id"] and tags["prefect.task_run_id"] and tags["prefect.task_run.export"]
         assert tags["spec.sha256"] == hashlib.sha256(open(tags["spec.file"], "rb").read()).hexdigest()
         assert len(tags["checkpoint.sha256"]) == 64 and tags["ferry.build"].startswith("0.1.0+")
-        assert tags["mlflow.note.content"].startswith(f"**{name}**") and "Verdict: **passed**" in tags["mlflow.note.content"]
+        note = tags["mlflow.note.content"]
+        assert note.startswith(f"**{name}**") and "Verdict: **passed**" in note
         assert [d.dataset.name for d in run.inputs.dataset_inputs] == [f"{name}-shard-00{i}" for i in range(4)]
         # ... and the hand-over: registered under the spec name, alias `migrated`, tagged with the checkpoint.
         version = client.get_model_version_by_alias(name, "migrated")

@@ -1,4 +1,4 @@
-"""Tests for ferry.inventory on real TF1 graphs, built in a separate process (tf_keras layers)."""
+"""Tests for ferry.tf1.inventory on real TF1 graphs, built in a separate process (tf_keras layers)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import run_tf1_source
-from ferry.inventory import build_inventory, format_inventory
+
+from ferry.tf1.inventory import build_inventory
+from ferry.tf1.inventory_text import format_inventory
 
 # Builds four small trained models and saves each as `<out>/<name>/model.ckpt(.meta)`.
 # `disable_v2_behavior()` is process-wide, so the resource-variable MLP is built first, with

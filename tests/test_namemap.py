@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.namemap import Tensor, plan_mapping
+from ferry.mapping.namemap import Tensor, plan_mapping
 from ferry.spec import NameMap
 
 
@@ -85,7 +85,8 @@ def test_coverage_counts_both_sides_and_strict_fails_with_suggested_rules():
     assert plan.suggestions == ["{from: 'dense_1/kernel', to: 'fc2/kernel'}", "{from: 'dense_1/bias', to: 'fc2/bias'}"]
     assert "  - {from: 'dense_1/kernel', to: 'fc2/kernel'}" in plan.errors[1]
     reasons = {r.target: r.reason for r in plan.rows if r.status == "unassigned"}
-    assert reasons["fc2/bias"] == "no checkpoint key mapped here; suggested rule: {from: 'dense_1/bias', to: 'fc2/bias'}"
+    assert reasons["fc2/bias"] == ("no checkpoint key mapped here; suggested rule: "
+                                   "{from: 'dense_1/bias', to: 'fc2/bias'}")
     assert plan_mapping(CKPT, WEIGHTS, nm.model_copy(update={"strict": False})).errors == []
 
 
@@ -133,7 +134,8 @@ def test_scope_transform_maps_a_cell_scope_to_three_weights():
     ckpt = tensors({"rnn/lstm_cell/kernel": (12, 32), "rnn/lstm_cell/bias": (32,)})
     weights = tensors({"lstm/lstm_cell/kernel": (4, 32), "lstm/lstm_cell/recurrent_kernel": (8, 32),
                        "lstm/lstm_cell/bias": (32,)})
-    nm = name_map(rules=[{"from": "rnn/lstm_cell", "to": "lstm/lstm_cell", "transform": {"lstm": {"forget_bias": 1.0}}}])
+    nm = name_map(rules=[{"from": "rnn/lstm_cell", "to": "lstm/lstm_cell",
+                          "transform": {"lstm": {"forget_bias": 1.0}}}])
     plan = plan_mapping(ckpt, weights, nm)
     assert plan.errors == [] and plan.coverage["model_weights"] == 1.0
     [step] = plan.assignments
@@ -192,4 +194,5 @@ def test_dtype_policy_keep_rejects_and_cast_reports(dtype):
 def test_integer_key_is_never_cast_to_a_float_weight():
     plan = plan_mapping(tensors({"global_step": ()}), tensors({"step": ()}),
                         name_map(rules=[{"from": "global_step", "to": "step"}], dtype_policy="cast"))
-    assert "dtype mismatch: checkpoint key(s) ['global_step'] are int64, model weight 'step' is float32" in plan.errors[0]
+    assert ("dtype mismatch: checkpoint key(s) ['global_step'] are int64, model weight 'step' is float32"
+            in plan.errors[0])

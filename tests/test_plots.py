@@ -10,8 +10,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from ferry import plots
-from ferry.namemap import Tensor, plan_mapping
+from ferry.mapping.namemap import Tensor, plan_mapping
+from ferry.review import plots
 from ferry.spec import NameMap
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -195,7 +195,7 @@ def test_threads_plot_at_once(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    for name, paths in serial.items():
+    for paths in serial.values():
         for p in paths:
             assert (tmp_path / "threads" / p.name).read_bytes() == p.read_bytes()
 

@@ -12,16 +12,18 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from conftest import REPO
 from mlflow.entities import LoggedModelStatus
 from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
 
 import ferry
-from conftest import REPO
 from ferry.cache import checkpoint_files, fingerprint
-from ferry.registry import ALIAS, MODEL_NAME, load_migrated, register_migrated
-from ferry.runtime import load_shard, run_tf1
+from ferry.review.registry import ALIAS, MODEL_NAME, load_migrated, register_migrated
+from ferry.shards import load_shard
 from ferry.spec import load_catalogue
+from ferry.stages import WorkDir
+from ferry.tf1.session import run_tf1
 from tasks.export import export_savedmodel
 from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
@@ -32,9 +34,10 @@ def migrate(catalogue: Path, name: str, work: Path):
     """The stages of a passing model, as plain functions: the spec, its model info and its export."""
     spec = load_catalogue(catalogue, only=[name]).specs[name]
     work.mkdir(parents=True, exist_ok=True)
-    info = reconstruct(spec, inspect_graph(spec, work))
-    restored = restore_weights(spec, info, work)
-    exported = export_savedmodel(spec, info, restored["weights"], spec.shard_paths()[0])
+    inspected = inspect_graph(spec, WorkDir(work))
+    info = reconstruct(spec, inspected)
+    restored = restore_weights(spec, info, inspected, WorkDir(work))
+    exported = export_savedmodel(spec, info, restored, spec.shard_paths()[0])
     return spec, info, Path(exported["path"])
 
 
@@ -131,7 +134,7 @@ import json, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from mlflow.tracking import MlflowClient
-from ferry.registry import example_from_shard, register_migrated
+from ferry.review.registry import example_from_shard, register_migrated
 
 uri, jobs = sys.argv[1], json.loads(sys.argv[2])
 client = MlflowClient(tracking_uri=uri)

@@ -1,7 +1,5 @@
 """zoo/slim_nets.py writes real tf_slim networks as TF1-era graphs with non-trivial batch norm."""
 
-import ferry  # noqa: F401  (sets TF env defaults before TensorFlow is imported)
-
 import hashlib
 import json
 import os
@@ -13,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+
+import ferry  # noqa: F401  (sets TF env defaults before TensorFlow is imported)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "zoo" / "slim_nets.py"
 DEFAULT = ("slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2")

@@ -134,7 +134,8 @@ def test_each_catalogue_has_its_own_experiment_by_default(fake_model):
 
 def test_invalid_spec_is_collected_not_raised(fake_model):
     write(fake_model, "specs/models/a.yaml", GOOD.replace("zoo/", "../../zoo/"))
-    write(fake_model, "specs/models/b.yaml", GOOD.replace("name: demo", "name: broken").replace("units: 10", "units: 10}\n  bad"))
+    write(fake_model, "specs/models/b.yaml",
+          GOOD.replace("name: demo", "name: broken").replace("units: 10", "units: 10}\n  bad"))
     write(fake_model, "specs/catalogue.yaml", "models: [models/*.yaml]\n")
     cat = load_catalogue(fake_model / "specs/catalogue.yaml")
     assert list(cat.specs) == ["demo"]

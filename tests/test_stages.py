@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import REPO, run_tf1_source
-from ferry.model import build_model, weight_paths
+
+from ferry.keras3.build import build_model, weight_paths
 from ferry.spec import load_catalogue, load_spec
+from ferry.stages import WorkDir
 from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
 from tasks.restore import RestoreError, restore_weights
@@ -85,13 +86,14 @@ def example_spec(catalogue: Path, name: str, **changes):
 
 
 def prepare(spec, work: Path):
-    inventory = inspect_graph(spec, work)
-    return reconstruct(spec, inventory)
+    """(inspect's result, reconstruct's result)."""
+    inspected = inspect_graph(spec, WorkDir(work))
+    return inspected, reconstruct(spec, inspected)
 
 
 def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_path):
     spec = example_spec(catalogue, "mlp")
-    info = prepare(spec, tmp_path)
+    inspected, info = prepare(spec, tmp_path)
     model = build_model(spec, info["inputs"])
     before = {p: w.numpy().copy() for p, w in weight_paths(model).items()}
 
@@ -104,19 +106,20 @@ def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_
 
     empty = spec.model_copy(update={"name_map": spec.name_map.model_copy(update={"rules": []})})
     with pytest.raises(RestoreError) as info_:
-        restore_weights(empty, info, tmp_path)
+        restore_weights(empty, info, inspected, WorkDir(tmp_path))
     message = str(info_.value)
     assert "mlp.yaml: name_map:" in message
     assert "6 of 6 model weights unassigned (model-weight coverage 0%)" in message
     assert "the name map has no rules: add e.g. `rules: [{from: '(.*)'}]`" in message
-    assert "suggested rules (shape-compatible unused keys, in graph order):\n  - {from: 'dense/kernel', to: 'dense/kernel'}" in message
+    assert ("suggested rules (shape-compatible unused keys, in graph order):\n"
+            "  - {from: 'dense/kernel', to: 'dense/kernel'}") in message
     assert not (tmp_path / "restored.weights.h5").exists()  # nothing half-restored to hand on
 
 
 def test_ferry_restore_assigns_every_checkpoint_value(catalogue, tmp_path):
     spec = example_spec(catalogue, "mnist_cnn")
-    info = prepare(spec, tmp_path)
-    restored = restore_weights(spec, info, tmp_path)
+    inspected, info = prepare(spec, tmp_path)
+    restored = restore_weights(spec, info, inspected, WorkDir(tmp_path))
     assert restored["coverage"]["model_weights"] == 1.0
     assert restored["coverage"]["checkpoint_keys_skipped"] == 15  # 12 Adam slots, 2 beta powers, global_step
     model = build_model(spec, info["inputs"])
@@ -131,32 +134,32 @@ def test_shape_mismatch_names_both_sides_and_shapes(catalogue, tmp_path):
     layers = [layer.model_copy() for layer in spec.architecture.layers]
     layers[0] = layers[0].model_validate({"class": "Dense", "units": 32, "activation": "relu"})
     spec = spec.model_copy(update={"architecture": spec.architecture.model_copy(update={"layers": layers})})
-    info = prepare(spec, tmp_path)
+    inspected, info = prepare(spec, tmp_path)
     with pytest.raises(RestoreError, match=r"shape mismatch: checkpoint key 'dense/kernel' has shape \[784, 64\], "
                                            r"model weight 'dense/kernel' has shape \[784, 32\]"):
-        restore_weights(spec, info, tmp_path)
+        restore_weights(spec, info, inspected, WorkDir(tmp_path))
 
 
 def test_declared_tensor_missing_from_graph_is_named(catalogue, tmp_path):
     spec = example_spec(catalogue, "mlp")
     spec = spec.model_copy(update={"source": spec.source.model_copy(update={"outputs": {"probs": "softmax:0"}})})
     with pytest.raises(ValueError, match=r"mlp.yaml: source.outputs.probs: no op 'softmax' in the graph"):
-        inspect_graph(spec, tmp_path)
+        inspect_graph(spec, WorkDir(tmp_path))
 
 
 def test_swapped_same_shaped_layers_pass_restore_and_fail_verify(twin_zoo, tmp_path):
     good = twin_spec(twin_zoo, "[{from: '(.*)'}]")
-    info = prepare(good, tmp_path)
-    restored = restore_weights(good, info, tmp_path)
-    record = verify_shard(good, info, restored["weights"], good.shard_paths()[0], 0)
+    inspected, info = prepare(good, tmp_path)
+    restored = restore_weights(good, info, inspected, WorkDir(tmp_path))
+    record = verify_shard(good, info, restored, good.shard_paths()[0], 0)
     assert record["passed"] and record["outputs"]["probs"]["max_abs_err"] <= 1e-5
 
     swapped = twin_spec(twin_zoo, r"[{from: 'dense_1/(.*)', to: 'dense_2/\1'}, "
                                   r"{from: 'dense_2/(.*)', to: 'dense_1/\1'}, {from: '(.*)'}]")
-    restored = restore_weights(swapped, info, tmp_path)
+    restored = restore_weights(swapped, info, inspected, WorkDir(tmp_path))
     assert restored["coverage"]["model_weights"] == 1.0  # shapes agree: restore cannot tell
     with pytest.raises(ParityError) as info_:
-        verify_shard(swapped, info, restored["weights"], swapped.shard_paths()[0], 0)
+        verify_shard(swapped, info, restored, swapped.shard_paths()[0], 0)
     out = info_.value.record["outputs"]["probs"]
     assert out["passed"] is False and out["max_abs_err"] > 1e-3
     assert "shard" in str(info_.value) and "out of tolerance" in str(info_.value)

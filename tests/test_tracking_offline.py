@@ -11,7 +11,7 @@ from mlflow_server import run_mlflow_server
 from prefect_server import free_port
 
 from ferry.cli import main
-from ferry.tracking import ModelRecord, start_catalogue_run, start_model_run
+from ferry.review.tracking import ModelRecord, start_catalogue_run, start_model_run
 from flows.migrate import migrate_catalogue
 
 
@@ -36,7 +36,7 @@ def test_server_down_migration_completes_and_relog_logs_it_later(catalogue, mlfl
     assert main(["relog", journal_id, "--catalogue", str(catalogue), "--tracking-uri", mlflow_server]) == 0
     client = MlflowClient(mlflow_server)  # a server other tests log into too: find this run's records
     experiment = client.get_experiment_by_name("ferry-examples").experiment_id
-    [parent] = client.search_runs([experiment], f"tags.`ferry.journal` = '{journal_id}'")
+    [parent] = client.search_runs([experiment], f"tags.`ferry.review.journal` = '{journal_id}'")
     runs = {r.info.run_name: r for r in client.search_runs(
         [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
     assert sorted(runs) == ["linear", "mlp"]
@@ -46,7 +46,8 @@ def test_server_down_migration_completes_and_relog_logs_it_later(catalogue, mlfl
         assert run.data.tags["status"] == "passed" and run.info.status == "FINISHED"
         assert "ferry.tracking_failed" in run.data.tags
         assert run.data.metrics["coverage.model_weights"] == 1.0
-        history = client.get_metric_history(run.info.run_id, f"parity.{'y' if model == 'linear' else 'probs'}.max_abs_err")
+        output = "y" if model == "linear" else "probs"
+        history = client.get_metric_history(run.info.run_id, f"parity.{output}.max_abs_err")
         assert sorted(m.step for m in history) == [0, 1, 2, 3]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"spec", "inventory.json", "name_map.json", "parity.json", "savedmodel"} <= artifacts

@@ -1,4 +1,4 @@
-"""Tests for ferry.transforms: every transform checked numerically against the TF1 op it replaces.
+"""Tests for ferry.mapping.transforms: every transform checked numerically against the TF1 op it replaces.
 
 The TF1 references are built once, in a separate process (tf_keras + TF1 behaviour), from seeded
 random weights and inputs; the builder saves inputs, weights (by variable name) and outputs to an
@@ -11,21 +11,20 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_tf1_source
-from ferry.transforms import (
+
+import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
+from ferry.mapping.transforms import (
     TRANSFORMS,
     TransformError,
-    batch_norm_epsilon,
     get_transform,
-    lstm_forget_bias,
     run_transform,
 )
+from ferry.tf1.facts import batch_norm_epsilon, lstm_forget_bias
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 

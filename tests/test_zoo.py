@@ -1,7 +1,5 @@
 """zoo/build.py writes real TF1-era models: reference variables, optimizer state, shards."""
 
-import ferry  # noqa: F401  (sets TF env defaults before TensorFlow is imported)
-
 import json
 import shutil
 import subprocess
@@ -12,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+
+import ferry  # noqa: F401  (sets TF env defaults before TensorFlow is imported)
 
 BUILD = Path(__file__).resolve().parents[1] / "zoo" / "build.py"
 MODELS = ("linear", "mlp", "mnist_cnn", "resnet_bn", "text_lstm", "gru_seq", "transformer")

@@ -23,11 +23,10 @@ from pathlib import Path
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "zoo"))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from slim_nets import apply_tf_slim_shims  # noqa: E402,F401  (tf_slim on TF 2.21; disables v2 behaviour)
-
-import tf_slim  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tf_slim
+from slim_nets import apply_tf_slim_shims  # noqa: F401  (tf_slim on TF 2.21; disables v2 behaviour)
 
 contrib = types.ModuleType("tensorflow.contrib")
 contrib.layers = tf_slim.layers

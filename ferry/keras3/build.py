@@ -12,14 +12,15 @@ import contextlib
 import importlib
 import re
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 import keras
 
-from ferry import layers as ferry_layers
-from ferry.graph_facts import graph_refs
+import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
+from ferry.keras3 import layers as ferry_layers
 from ferry.spec import Architecture, LayerSpec, ModelSpec, Problem, Rule, factory_allowed
+from ferry.tf1.facts import graph_refs
 
 GraphValues = dict[str, dict[str, Any]]
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullLocator
+
+from ferry.files import write_atomically
 
 DPI = 100
 PARITY_SIZE = (6.0, 4.5)  # inches: 600 x 450 pixels at DPI
@@ -158,9 +158,7 @@ def _save(fig: Figure, path: Path) -> None:
     """Render `fig` as PNG at its own size and write it atomically (no half-written file to log)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_atomically(path, buf.getvalue())
 
 
 def _abs_err_figure(stats: _ErrorStats, output: str) -> Figure:

@@ -10,8 +10,9 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 OFFLINE_PREFIX = "offline-"
 _LOCK = threading.Lock()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ferry.transforms import lstm_forget_bias
+from ferry.tf1.facts import lstm_forget_bias
 
 VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp"}
 PASS_THROUGH = {"Identity", "StopGradient", "Snapshot", "PreventGradient"}
@@ -177,7 +177,7 @@ class Translator:
             return self.emit(op, tensor)
         except (Dead, _Unsupported):
             raise
-        except Exception as exc:  # noqa: BLE001 - e.g. a shape known only at run time
+        except Exception as exc:
             message = (str(exc).splitlines() or [""])[0][:200]
             raise _Unsupported(f"{op.type} ({type(exc).__name__}: {message})", op.name) from exc
 
@@ -201,7 +201,7 @@ class Translator:
             rule["transform"] = transform
         self.out.rules.append(rule)
 
-    def emit(self, op: tf.Operation, tensor: tf.Tensor) -> str:  # noqa: C901 - one dispatch table
+    def emit(self, op: tf.Operation, tensor: tf.Tensor) -> str:
         t = op.type
         if t == "BiasAdd" and self.resolve(op.inputs[0]).op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul"):
             return self.linear(self.resolve(op.inputs[0]).op, bias=op)

@@ -9,25 +9,16 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from ferry.facts import EMA_SUFFIX, PARTITION, optimizer_skip_patterns
+from ferry.mapping.transforms import TRANSFORMS, Transform
 from ferry.spec import NameMap, Rule
-from ferry.transforms import TRANSFORMS, Transform
 
 # Optimizer state and training counters that TF1 training checkpoints hold beside the weights;
 # and EMA shadows, skipped unless `name_map.use_ema` restores from them.
 SKIP_PRESETS: dict[str, list[str]] = {
-    "optimizer": [
-        r".*/(Adam|Adam_\d+)",
-        r".*/(Momentum|Momentum_\d+)",
-        r".*/RMSProp(_\d+)?",
-        r".*/Adagrad(DA)?(_\d+)?",
-        r".*/Adadelta(_\d+)?",
-        r".*/Ftrl(_\d+)?",
-        r"(.*/)?beta[12]_power(_\d+)?",
-        r"(.*/)?global_step",
-    ],
-    "ema": [r".*/ExponentialMovingAverage"],
+    "optimizer": optimizer_skip_patterns(),
+    "ema": [rf".*{re.escape(EMA_SUFFIX)}"],
 }
-EMA_SUFFIX = "/ExponentialMovingAverage"
 FLOATS = {"float16", "bfloat16", "float32", "float64"}
 
 Shape = tuple[int, ...]
@@ -161,11 +152,11 @@ def logical_sources(checkpoint: dict[str, Tensor], use_ema: bool) -> tuple[dict[
     rows: list[Row] = []
     parts: dict[str, list[tuple[int, str]]] = {}
     for key in checkpoint:
-        if m := re.fullmatch(r"(.+)/part_(\d+)", key):
+        if m := PARTITION.fullmatch(key):
             parts.setdefault(m.group(1), []).append((int(m.group(2)), key))
     sources: dict[str, Source] = {}
     for key, t in checkpoint.items():
-        m = re.fullmatch(r"(.+)/part_(\d+)", key)
+        m = PARTITION.fullmatch(key)
         if m and m.group(1) not in checkpoint:
             base = m.group(1)
             if base in sources:

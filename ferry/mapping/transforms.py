@@ -4,20 +4,17 @@ A rule in a spec's name map may name a transform (and its parameters); the engin
 transform the matched checkpoint arrays and the shapes of the Keras weights they must become.
 Every transform is checked numerically against the TF1 op it replaces (tests/test_transforms.py).
 
-Two helpers read, from an imported TF1 graph, the run-time constants that a checkpoint does not
-hold but a transform or a Keras layer needs: an LSTM cell's forget bias and a batch norm's epsilon.
+The run-time constants a checkpoint does not hold (an LSTM cell's forget bias, a batch norm's
+epsilon) are read from the TF1 graph by `ferry.tf1.facts`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:  # the graph helpers take a tf.Graph; the transforms never need TensorFlow
-    import tensorflow as tf
 
 Shape = tuple[int, ...]
 Apply = Callable[[list[np.ndarray], list[Shape], dict[str, Any]], list[np.ndarray]]
@@ -360,132 +357,3 @@ def run_transform(name: str, sources: Sequence[np.ndarray], target_shapes: Seque
                         f"output {i} of shape {list(shape)}, got {list(out.shape)}")
     dtype = arrays[0].dtype if arrays else None
     return [out.astype(dtype, copy=False) if dtype is not None else out for out in outputs]
-
-
-# --------------------------------------------------------------------------------------------
-# Facts read from a TF1 graph
-
-# Ops that pass a variable's value through unchanged (reference and resource variables, v1
-# control flow).
-_PASS_THROUGH = frozenset({"Identity", "Enter", "RefEnter", "Switch", "RefSwitch",
-                           "ReadVariableOp", "Merge", "RefMerge"})
-_FUSED_BN = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
-_ADD = frozenset({"Add", "AddV2"})
-
-
-def _float32_value(value: Any) -> float:
-    """A float32 attribute or constant as the shortest Python float (1e-05, not 9.99...e-06)."""
-    return float(str(np.float32(value)))
-
-
-def _variable_op(graph: tf.Graph, name: str) -> tf.Operation | None:
-    try:
-        return graph.get_operation_by_name(name)
-    except (KeyError, ValueError):
-        return None
-
-
-def _reachable(starts: Iterable[tf.Operation], through: frozenset[str]) -> list[tf.Operation]:
-    """Ops fed by `starts`, following consumers only through ops of types `through`."""
-    seen: dict[str, tf.Operation] = {}
-    stack = list(starts)
-    while stack:
-        op = stack.pop()
-        for out in op.outputs:
-            for user in out.consumers():
-                if user.name not in seen:
-                    seen[user.name] = user
-                    if user.type in through:
-                        stack.append(user)
-    return list(seen.values())
-
-
-def _scalar_const(tensor: tf.Tensor) -> float | None:
-    """The value of a scalar float Const behind `tensor` (through Identity/Enter), else None."""
-    import tensorflow as tf  # lazily: ferry has set TF's environment by now
-
-    op = tensor.op
-    while op.type in _PASS_THROUGH and op.inputs:
-        op = op.inputs[0].op
-    if op.type != "Const":
-        return None
-    value = tf.make_ndarray(op.get_attr("value"))
-    if value.size != 1 or not np.issubdtype(value.dtype, np.floating):
-        return None
-    return _float32_value(value.reshape(()))
-
-
-def _forget_bias_adds(split: tf.Operation) -> list[float]:
-    """Scalar constants added to the f gate (output 2) of an LSTM's four-way Split."""
-    found = []
-    for add in split.outputs[2].consumers():
-        if add.type in _ADD:
-            for other in add.inputs:
-                value = _scalar_const(other) if other is not split.outputs[2] else None
-                if value is not None:
-                    found.append(value)
-    return found
-
-
-def lstm_forget_bias(graph: tf.Graph, cell_scope: str) -> float:
-    """The forget bias an LSTMCell/BasicLSTMCell with variables under `cell_scope` adds at run time.
-
-    Follows the data from `<cell_scope>/kernel` to the cell's MatMul, its four-way gate Split and
-    the Add of a scalar Const to the f gate (split output 2): `rnn/while/lstm_cell/add/y` for an
-    LSTMCell in dynamic_rnn, `rnn/while/basic_lstm_cell/Const_1` for a BasicLSTMCell.
-    """
-    scope = cell_scope.rstrip("/")
-    kernel = _variable_op(graph, f"{scope}/kernel")
-    if kernel is None:
-        raise TransformError(f"lstm_forget_bias: no variable {scope}/kernel in the graph "
-                             f"(cell scope {scope!r})")
-    matmuls = [op for op in _reachable([kernel], _PASS_THROUGH) if op.type == "MatMul"]
-    gate_ops = _reachable(matmuls, frozenset({"BiasAdd", "Add", "AddV2"}))
-    splits = [op for op in gate_ops if op.type == "Split" and op.get_attr("num_split") == 4]
-    values = {v for split in splits for v in _forget_bias_adds(split)}
-    if len(values) != 1:
-        found = "none" if not values else ", ".join(map(str, sorted(values)))
-        raise TransformError(f"lstm_forget_bias: expected one forget bias constant added to the "
-                             f"f gate of the LSTM cell {scope!r}, found {found}")
-    return values.pop()
-
-
-def _fused_epsilons(graph: tf.Graph, scope: str) -> set[float]:
-    """Epsilons of the FusedBatchNorm* ops fed by `scope`'s variables or named under `scope`."""
-    variables = [op for suffix in ("moving_mean", "moving_variance", "gamma", "beta")
-                 if (op := _variable_op(graph, f"{scope}/{suffix}")) is not None]
-    ops = [op for op in _reachable(variables, _PASS_THROUGH) if op.type in _FUSED_BN]
-    ops += [op for op in graph.get_operations()
-            if op.type in _FUSED_BN and op.name.startswith(f"{scope}/")]
-    return {_float32_value(op.get_attr("epsilon")) for op in ops}
-
-
-def _unfused_epsilons(graph: tf.Graph, scope: str) -> set[float]:
-    """Constants added to `scope/moving_variance`, or `scope/.../batchnorm/add/y` Consts."""
-    values = set()
-    variance = _variable_op(graph, f"{scope}/moving_variance")
-    readers = _reachable([variance], _PASS_THROUGH) if variance is not None else []
-    adds = [op for op in readers if op.type in _ADD]
-    for add in adds:
-        values |= {v for t in add.inputs if (v := _scalar_const(t)) is not None}
-    for op in graph.get_operations():
-        if (op.type == "Const" and op.name.startswith(f"{scope}/")
-                and op.name.endswith("batchnorm/add/y")):
-            if (value := _scalar_const(op.outputs[0])) is not None:
-                values.add(value)
-    return values
-
-
-def batch_norm_epsilon(graph: tf.Graph, scope: str) -> float:
-    """The epsilon of the batch norm under `scope` (e.g. `block2/bn2`).
-
-    Read from its FusedBatchNorm/V2/V3 op(s) (two inside a cond when `training` is a tensor), else
-    from the unfused form's `<scope>/batchnorm/add/y` constant.
-    """
-    scope = scope.rstrip("/")
-    values = _fused_epsilons(graph, scope) or _unfused_epsilons(graph, scope)
-    if len(values) != 1:
-        found = "none" if not values else ", ".join(map(str, sorted(values)))
-        raise TransformError(f"batch_norm_epsilon: expected one epsilon for the batch norm "
-                             f"{scope!r} (FusedBatchNorm* op or batchnorm/add/y), found {found}")
-    return values.pop()

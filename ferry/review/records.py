@@ -14,9 +14,10 @@ import numpy as np
 import ferry
 from ferry.cache import build_id, checkpoint_files, fingerprint
 from ferry.export_dir import keras_file, read_marker, savedmodel_entries
-from ferry.paths import write_atomically
+from ferry.files import write_atomically
+from ferry.review.tracking import Run
 from ferry.spec import ModelSpec
-from ferry.tracking import Run
+from ferry.stages import Exported, Reconstructed, WorkDir
 
 
 def checkpoint_fingerprint(spec: ModelSpec) -> str:
@@ -83,19 +84,19 @@ def log_datasets(run: Run, spec: ModelSpec) -> None:
         run.datasets(inputs)
 
 
-def log_plots(run: Run, spec: ModelSpec, work: Path, attempted: dict[str, float]) -> None:
+def log_plots(run: Run, spec: ModelSpec, work: WorkDir, attempted: dict[str, float]) -> None:
     """Per output an error histogram and a TF1-vs-Keras scatter (all shards); the coverage chart."""
-    from ferry.plots import coverage_chart, parity_plots
+    from ferry.review.plots import coverage_chart, parity_plots
 
-    folder = work / "plots"
+    folder = work.plots
     if folder.exists():
         for old in folder.iterdir():
             old.unlink()
     made: list[Path] = []
-    if "restore" in attempted and (work / "mapping.json").exists():
-        made.append(coverage_chart(json.loads((work / "mapping.json").read_text())["table"], folder))
-    files = sorted((work / "outputs").glob("shard-*.npz")) if "verify" in attempted else []
-    files = [f for f in files if int(f.stem.split("-")[1]) < len(spec.shard_paths())]
+    if "restore" in attempted and work.mapping.exists():
+        made.append(coverage_chart(json.loads(work.mapping.read_text())["table"], folder))
+    files = [work.shard_outputs(i) for i in range(len(spec.shard_paths()))] if "verify" in attempted else []
+    files = [f for f in files if f.exists()]
     if files:
         loaded = []
         for file in files:
@@ -112,14 +113,14 @@ def log_plots(run: Run, spec: ModelSpec, work: Path, attempted: dict[str, float]
         run.artifact(folder, "plots")
 
 
-def log_savedmodel(run: Run, path: Path, work: Path, cached: bool) -> None:
+def log_savedmodel(run: Run, path: Path, work: WorkDir, cached: bool) -> None:
     """Log the export: the SavedModel under `savedmodel/`, the Keras model under `keras/<name>.keras`, and
     the tag `keras.portable` (its marker says); a cached export points at the run that logged its files
     instead of copying them again (tag `savedmodel.run_id`)."""
     keras = (read_marker(path) or {}).get("keras", {})
     run.tags({"keras.portable": _flag(keras.get("portable")),
               "keras.non_portable": ", ".join(keras.get("non_portable", []))})
-    marker = work / "savedmodel.run_id"
+    marker = work.savedmodel_run
     if cached and marker.exists():
         run.tags({"savedmodel.run_id": marker.read_text()})
         return
@@ -131,19 +132,19 @@ def log_savedmodel(run: Run, path: Path, work: Path, cached: bool) -> None:
     write_atomically(marker, run.run_id)
 
 
-def log_stage_files(run: Run, work: Path, attempted: dict[str, float]) -> None:
+def log_stage_files(run: Run, work: WorkDir, attempted: dict[str, float]) -> None:
     """Log what this run's stages wrote (files of stages not reached may be an earlier run's)."""
-    if "inspect" in attempted and (work / "inventory.json").exists():
-        run.artifact(work / "inventory.json")
-    if "restore" in attempted and (work / "mapping.json").exists():
-        mapping = json.loads((work / "mapping.json").read_text())
+    if "inspect" in attempted and work.inventory.exists():
+        run.artifact(work.inventory)
+    if "restore" in attempted and work.mapping.exists():
+        mapping = json.loads(work.mapping.read_text())
         run.table(mapping["table"], "name_map.json")
         run.metrics({f"coverage.{k}": v for k, v in mapping["coverage"].items()})
-    if "verify" in attempted and (work / "parity.json").exists():
-        run.artifact(work / "parity.json")
+    if "verify" in attempted and work.parity.exists():
+        run.artifact(work.parity)
 
 
-def register_model(run: Run, spec: ModelSpec, info: dict[str, Any], exported: dict[str, Any],
+def register_model(run: Run, spec: ModelSpec, reconstructed: Reconstructed, exported: Exported,
                    tags: dict[str, str]) -> None:
     """Register the export (SavedModel and `.keras`) under the spec's name (alias `migrated`), unless that
     version is this very export already (a cached rerun). Only for a model that passed."""
@@ -152,7 +153,8 @@ def register_model(run: Run, spec: ModelSpec, info: dict[str, Any], exported: di
     if current is not None and current.tags.get("savedmodel.sha256") == savedmodel_sha:
         run.tags({"registry.version": f"{spec.name}/{current.version}"})
         return
-    run.register(spec.name, exported["path"], info["inputs"], list(spec.source.outputs), str(spec.shard_paths()[0]),
+    run.register(spec.name, exported["path"], reconstructed["inputs"], list(spec.source.outputs),
+                 str(spec.shard_paths()[0]),
                  {"checkpoint.sha256": tags["checkpoint.sha256"], "spec.sha256": tags["spec.sha256"],
                   "verdict": "passed", "ferry.version": ferry.__version__, "source.meta": str(spec.source.meta),
                   "mlflow.run_id": run.run_id, "savedmodel.sha256": savedmodel_sha,

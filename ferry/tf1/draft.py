@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from ferry.auto import translate
-from ferry.inventory import build_inventory, load_graph
-from ferry.paths import project_root
+from ferry.files import project_root, write_atomically
+from ferry.tf1.auto import translate
+from ferry.tf1.inventory import build_inventory
+from ferry.tf1.load import load_graph
 
 
 def serving_name(op_name: str) -> str:
@@ -83,7 +84,5 @@ def write_draft(meta: Path, out: Path, name: str | None = None, shards: str | No
         raise FileExistsError(f"{out} exists; pass --force to replace it")
     text = draft_spec(meta, out, name, shards)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_atomically(out, text)
     return out

@@ -156,9 +156,9 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def example_from_shard(shard: Path, inputs: list[str] | dict[str, Any], rows: int = EXAMPLE_ROWS) -> dict[str, np.ndarray]:
-    """The first `rows` rows of a verification shard's arrays for `inputs` (numpy only: unlike
-    `ferry.runtime.load_shard`, importing this imports no TensorFlow)."""
+def example_from_shard(shard: Path, inputs: list[str] | dict[str, Any],
+                       rows: int = EXAMPLE_ROWS) -> dict[str, np.ndarray]:
+    """The first `rows` rows of a verification shard's arrays for `inputs`."""
     with np.load(shard) as data:
         missing = [name for name in inputs if name not in data.files]
         if missing:
@@ -302,5 +302,5 @@ def load_migrated(name: str, tracking_uri: str):
     return mlflow.pyfunc.load_model(local)
 
 
-__all__ = ["ALIAS", "MODEL_NAME", "SavedModelPyfunc", "example_from_shard", "load_migrated", "pip_requirements", "register_migrated",
-           "signature_for"]
+__all__ = ["ALIAS", "MODEL_NAME", "SavedModelPyfunc", "example_from_shard", "load_migrated", "pip_requirements",
+           "register_migrated", "signature_for"]

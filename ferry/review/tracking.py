@@ -14,18 +14,19 @@ import os
 import socket
 import time
 import uuid
-from datetime import datetime
+from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 import ferry
-from ferry.journal import OFFLINE_PREFIX, Journal, offline_id, unreachable
-from ferry.paths import process_alive, project_root
+from ferry.files import process_alive, project_root
+from ferry.review.journal import OFFLINE_PREFIX, Journal, offline_id, unreachable
 
 PARAM_MAX = 6000  # MLflow's limit on one param value
 
@@ -76,7 +77,7 @@ def _artifact_root(uri: str) -> str | None:
 
 class Run:
     """One MLflow run, logged through explicit ids. If the store cannot be reached, the run's records
-    go to `journal` instead (see ferry.journal) and the run carries on offline."""
+    go to `journal` instead (see ferry.review.journal) and the run carries on offline."""
 
     def __init__(self, client: MlflowClient, run_id: str, journal: Journal):
         self.client, self.run_id, self.journal = client, run_id, journal
@@ -131,7 +132,7 @@ class Run:
             try:
                 apply_op(self.client, {"op": op, "run": self.run_id, **payload}, {})
                 return
-            except Exception as exc:  # noqa: BLE001 - only an unreachable store is survived
+            except Exception as exc:
                 if not unreachable(exc):
                     raise
                 went_offline(self.journal, self.tracking_uri, exc)
@@ -182,7 +183,7 @@ def apply_op(client: MlflowClient, op: dict[str, Any], ids: dict[str, str]) -> s
                                                          tags=[InputTag(k, v) for k, v in d["tags"].items()])
                                             for d in op["datasets"]])
     elif kind == "register":
-        from ferry.registry import example_from_shard, register_migrated
+        from ferry.review.registry import example_from_shard, register_migrated
 
         version = register_migrated(client, run_id, op["name"], Path(op["savedmodel"]), op["inputs"], op["outputs"],
                                     example_from_shard(Path(op["shard"]), list(op["inputs"])), op["tags"])
@@ -205,7 +206,7 @@ def _create_run(client: MlflowClient, journal: Journal, experiment: str, run_nam
     if not journal.exists() and not tags.get(MLFLOW_PARENT_RUN_ID, "").startswith(OFFLINE_PREFIX):
         try:
             return Run(client, apply_op(client, op, {}), journal)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not unreachable(exc):
                 raise
             went_offline(journal, client.tracking_uri, exc)
@@ -228,7 +229,7 @@ def start_catalogue_run(catalogue: Path, experiment: str, run_name: str, tags: d
     journal = Journal(project_root(catalogue) / ".ferry" / "relog" / key)
     return _create_run(client, journal, experiment, run_name, {"ferry.version": ferry.__version__,
                                                                "ferry.catalogue": str(catalogue),
-                                                               "ferry.journal": journal.id, **owner_tags(),
+                                                               "ferry.review.journal": journal.id, **owner_tags(),
                                                                **(tags or {})})
 
 
@@ -249,7 +250,7 @@ def close_abandoned_runs(catalogue: Path, experiment: str) -> list[str]:
         found = client.get_experiment_by_name(experiment)
         runs = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000) \
             if found else []
-    except Exception as exc:  # noqa: BLE001 - only tidying up; the run itself reports an unreachable store
+    except Exception as exc:
         if unreachable(exc):
             return []
         raise
@@ -318,7 +319,7 @@ class ModelRecord:
             yield
         except StageFailed:
             raise
-        except Exception as exc:  # noqa: BLE001 - every stage error fails the model at this stage
+        except Exception as exc:
             self.failed_stage = name
             raise StageFailed(self.model, name, exc) from exc
         finally:

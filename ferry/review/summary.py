@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
+
+from ferry.stages import WorkDir
 
 
 def summary_row(model: str, status: str, failed_stage: str | None, durations: dict[str, float],
-                work: Path | None, export: str | None, error: object = None, cached: str = "") -> dict[str, Any]:
+                work: WorkDir | None, export: str | None, error: object = None, cached: str = "") -> dict[str, Any]:
     """One model's row, reading coverage and worst error from the files its stages wrote in this run
     (`durations` names the stages attempted); `cached`: the stages taken from the cache (`all`)."""
     coverage = worst = worst_rel = None
     by_output: dict[str, float] = {}
-    if work and "restore" in durations and (work / "mapping.json").exists():
-        coverage = json.loads((work / "mapping.json").read_text())["coverage"]["model_weights"]
-    if work and "verify" in durations and (work / "parity.json").exists():
+    if work and "restore" in durations and work.mapping.exists():
+        coverage = json.loads(work.mapping.read_text())["coverage"]["model_weights"]
+    if work and "verify" in durations and work.parity.exists():
         rel: list[float] = []
-        for shard in json.loads((work / "parity.json").read_text())["shards"]:
+        for shard in json.loads(work.parity.read_text())["shards"]:
             for name, o in shard["outputs"].items():
                 if "max_abs_err" in o:
                     by_output[name] = max(by_output.get(name, 0.0), o["max_abs_err"])
