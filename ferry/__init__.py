@@ -5,7 +5,7 @@ import os
 __version__ = "0.1.0"
 
 # Parity must measure the conversion, not the kernel library: oneDNN's fused kernels in the eager
-# runtime differ from a TF1 Session run by up to ~1e-2 on some CPUs (see DESIGN.md). The setting
+# runtime differ from a TF1 Session run by up to ~1e-2 on some CPUs (see docs/design.md). The setting
 # must be fixed before TensorFlow is imported, so every ferry entry point imports this package
 # first. A value set by the user wins and is recorded with each run.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

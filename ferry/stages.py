@@ -120,12 +120,13 @@ class WorkDir:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
     @classmethod
     def of(cls, catalogue: Path, model: str) -> WorkDir:
-        """The work folder of `model` in the project holding `catalogue` (created)."""
-        path = project_root(catalogue) / ".ferry" / "work" / model
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        """The work folder of `model` in the project holding `catalogue`."""
+        return cls(project_root(catalogue) / ".ferry" / "work" / model)
 
     def __str__(self) -> str:  # cache keys and messages show the folder
         return str(self.path)

@@ -102,6 +102,20 @@ def factory(function: str) -> Callable[[dict, Path], None]:
     return change
 
 
+def users_folder(spec: dict, folder: Path) -> None:
+    """export.dir names a folder of the user's own files."""
+    (folder / "mine" / "sub").mkdir(parents=True)
+    (folder / "mine" / "notes.txt").write_text("keep me")
+    (folder / "mine" / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    spec["export"]["dir"] = str(folder / "mine")
+
+
+def a_file(spec: dict, folder: Path) -> None:
+    """export.dir names a file."""
+    (folder / "model.out").write_text("not a folder")
+    spec["export"]["dir"] = str(folder / "model.out")
+
+
 def export_dir(name: str) -> Callable[[dict, Path], None]:
     def change(spec: dict, folder: Path) -> None:
         spec["export"]["dir"] = f"../../exports/{name}"
@@ -159,6 +173,9 @@ CASES: dict[str, Case] = {
                                                                    {"from": "dense/bias"})),
     "strict_unassigned": Case("restore", "strict name map: 1 of 2 model weights unassigned",
                               rules({"from": "dense/kernel"})),
+    # the export folder
+    "export_into_users_folder": Case("export", "export.dir: ", users_folder),
+    "export_onto_a_file": Case("export", "is a file, not a folder", a_file),
 }
 UNSAFE_YAML = "name: unsafe_yaml\nsource: !!python/object/apply:os.system ['echo owned']\n"
 
@@ -197,7 +214,7 @@ def assert_nothing_left(root: Path, model: str, runs: dict, client: MlflowClient
     assert not exports.exists() or not [p.name for p in exports.iterdir() if p.name.lstrip(".").startswith(model)]
     work = root / ".ferry" / "work" / model
     assert not list(work.glob(".*.tmp*")) if work.exists() else True
-    assert not (work / "restored.weights.h5").exists() or runs[model].data.tags.get("failed_stage") in ("verify",)
+    assert not (work / "restored.weights.h5").exists() or runs[model].data.tags["failed_stage"] in ("verify", "export")
     assert runs[model].info.status == "FAILED" and runs[model].data.tags["status"] == "failed"
     assert not client.search_model_versions(f"name='{model}'")
 
@@ -222,10 +239,23 @@ def test_unsafe_yaml_is_refused_and_nothing_runs(broken):
     assert_nothing_left(root, "unsafe_yaml", runs, client)
 
 
+def test_a_users_folder_named_as_export_dir_is_left_as_it_was(broken):
+    root, rows, runs, client = broken
+    mine = root / "cases" / "export_into_users_folder" / "mine"
+    assert "holds files that are not a ferry export (notes.txt, sub/data.csv)" in runs[
+        "export_into_users_folder"].data.tags["error"]
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == ["notes.txt", "sub", "sub/data.csv"]
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in mine.parent.iterdir()] == ["mine"]  # no temporary export beside it
+    assert (root / "cases" / "export_onto_a_file" / "model.out").read_text() == "not a folder"
+
+
 def test_the_good_model_beside_them_passes_and_is_handed_over(broken):
     root, rows, runs, client = broken
     assert rows["linear"]["status"] == "passed" and rows["linear"]["coverage"] == 1.0
     assert (root / "exports" / "linear" / "saved_model.pb").exists()
+    for path in [root / "exports" / "linear", *(root / "exports" / "linear").rglob("*")]:  # others may read it
+        assert path.stat().st_mode & 0o044 == 0o044, path
     assert runs["linear"].info.status == "FINISHED"
     assert int(client.get_model_version_by_alias("linear", "migrated").version) == 1
 

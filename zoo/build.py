@@ -12,7 +12,7 @@ Each model gets its own folder under ``--out`` (default: this folder)::
 Usage: ``python zoo/build.py [--out DIR] [--only NAME ...] [--force]``.
 
 Runs in its own process: it needs ``tf_keras`` for ``tf.compat.v1.layers`` and calls
-``disable_v2_behavior()``, neither of which may leak into ferry itself (see DESIGN.md).
+``disable_v2_behavior()``, neither of which may leak into ferry itself (see docs/design.md).
 To add a model, write one ``build_<name>`` function and register it in ``MODELS``.
 """
 

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -125,9 +126,13 @@ def check_architecture(spec: ModelSpec) -> list[Problem]:
     return problems
 
 
+BUILDS: Counter[str] = Counter()  # model name -> Keras models built in this process (for tests)
+
+
 def build_model(spec: ModelSpec, inputs: dict[str, dict[str, Any]],
                 graph_values: GraphValues | None = None) -> keras.Model:
     """Build the spec's model; `inputs` maps serving name -> {"shape": [...no batch], "dtype": str}."""
+    BUILDS[spec.name] += 1
     graph_values = graph_values or {}
     arch = spec.architecture
     tensors = {name: keras.Input(shape=tuple(sig["shape"]), dtype=sig["dtype"], name=name)

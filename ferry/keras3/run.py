@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ def device_for(index: int) -> str:
 
 _MODELS: dict[str, Any] = {}
 _LOCK = threading.Lock()
-BUILDS: Counter[str] = Counter()  # model name -> Keras models built with restored weights here, for tests
 
 
 def load_keras(spec: ModelSpec, model_info: dict[str, Any], weights: str):
@@ -45,7 +43,6 @@ def load_keras(spec: ModelSpec, model_info: dict[str, Any], weights: str):
         if key not in _MODELS:
             model = model_from_info(spec, model_info)
             model.load_weights(weights)
-            BUILDS[spec.name] += 1
             _MODELS[key] = model
         return _MODELS[key]
 
