@@ -187,7 +187,7 @@ class Rule(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Rule:
         from ferry.mapping.namemap import rule_pattern
-        from ferry.mapping.transforms import TRANSFORMS
+        from ferry.mapping.transforms import get_transform
 
         for pattern in self.from_ if isinstance(self.from_, list) else [self.from_]:
             if not pattern:
@@ -203,14 +203,13 @@ class Rule(_Strict):
             if isinstance(self.from_, list) or isinstance(self.to, list):
                 raise ValueError("a list in `from` or `to` needs a transform (concat or split)")
             return self
-        if name not in TRANSFORMS:
-            raise ValueError(f"unknown transform {name!r}; supported: {', '.join(sorted(TRANSFORMS))}")
-        accepted = TRANSFORMS[name].params
+        transform = get_transform(name)  # a ValueError listing the supported names
+        accepted = transform.params
         unknown = sorted(set(self.transform_params) - set(accepted))
         if unknown:
             raise ValueError(f"transform {name!r} takes no parameter {unknown}; it takes: "
                              f"{', '.join(accepted) or 'none'}")
-        if TRANSFORMS[name].sources is not None and (isinstance(self.from_, list) or isinstance(self.to, list)):
+        if transform.sources is not None and (isinstance(self.from_, list) or isinstance(self.to, list)):
             raise ValueError(f"transform {name!r} maps a scope: `from` and `to` are single scope names")
         return self
 

@@ -13,7 +13,7 @@ from ferry.cache import fingerprint
 from ferry.facts import PARTITION
 from ferry.files import write_atomically
 from ferry.keras3.build import model_from_info, resolved, weight_paths
-from ferry.mapping.namemap import MappingPlan, RestoreError, Source, Tensor, plan_mapping
+from ferry.mapping.namemap import CheckpointEntry, MappingPlan, RestoreError, Tensor, plan_mapping
 from ferry.mapping.transforms import TransformError, run_transform
 from ferry.spec import ModelSpec
 from ferry.stages import Inspected, Reconstructed, Restored, WorkDir
@@ -45,11 +45,11 @@ def transform_params(spec: ModelSpec) -> dict[int, dict[str, Any]]:
             for i, r in rules.items()}
 
 
-def _read(reader, source: Source, prefix: Path) -> np.ndarray:
+def _read(reader, entry: CheckpointEntry, prefix: Path) -> np.ndarray:
     try:
-        parts = [reader.get_tensor(key) for key in source.read]
+        parts = [reader.get_tensor(key) for key in entry.read]
     except (tf.errors.OpError, IndexError, ValueError) as exc:  # a short read comes back as IndexError
-        raise RestoreError(f"checkpoint {prefix}: cannot read {source.name!r}: {str(exc).splitlines()[0]}: its "
+        raise RestoreError(f"checkpoint {prefix}: cannot read {entry.name!r}: {str(exc).splitlines()[0]}: its "
                            ".data file is truncated or corrupt (copy the checkpoint again)") from None
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 

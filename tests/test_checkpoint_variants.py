@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import run_tf1_source
+from conftest import REPO, run_tf1_script
 
 from ferry.keras3.build import build_model, weight_paths
 from ferry.spec import ModelSpec, load_spec
@@ -18,38 +18,8 @@ from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
 from tasks.restore import RestoreError, restore_weights
 
-BUILDER = """
-import os, sys
-import numpy as np
-import tensorflow as tf
-tf.compat.v1.disable_v2_behavior()
-v1 = tf.compat.v1
-out = sys.argv[1]
-v1.set_random_seed(0)
-x = v1.placeholder(tf.float32, [None, 10], name="x")
-# `emb` partitioned in 3 along axis 0 (Saver writes it whole, under its base name)
-emb = v1.get_variable("emb", [10, 4], partitioner=v1.fixed_size_partitioner(3))
-h = tf.matmul(x, emb)
-y = tf.identity(v1.layers.dense(h, 2), name="y")
-half = v1.get_variable("half/kernel", [4, 2], dtype=tf.float16)
-brain = v1.get_variable("brain/kernel", [4, 2], dtype=tf.bfloat16)
-loss = tf.reduce_mean(tf.square(y))
-step = v1.train.get_or_create_global_step()
-train = v1.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=step)
-ema = tf.train.ExponentialMovingAverage(0.5)
-with tf.control_dependencies([train]):
-    train_ema = ema.apply(v1.trainable_variables(scope="dense"))
-with v1.Session() as sess:
-    sess.run(v1.global_variables_initializer())
-    for _ in range(3):
-        sess.run(train_ema, {x: np.random.RandomState(0).rand(8, 10).astype(np.float32)})
-    v1.train.Saver().save(sess, out + "/whole/model.ckpt")
-    # the same variables saved part by part: keys emb/part_0..2
-    parts = {v.name.split(":")[0]: v for v in v1.global_variables() if "emb" in v.name}
-    rest = {v.op.name: v for v in v1.global_variables() if "emb" not in v.name}
-    v1.train.Saver({**parts, **rest}).save(sess, out + "/parts/model.ckpt")
-    np.savez(out + "/shard.npz", x=np.random.RandomState(1).rand(4, 10).astype(np.float32))
-"""
+pytestmark = pytest.mark.tf1
+
 
 def make_spec(folder: Path, tmp_path: Path, ckpt: str = "whole", layers: list | None = None,
               rules: list | None = None, **name_map) -> ModelSpec:
@@ -75,7 +45,7 @@ def make_spec(folder: Path, tmp_path: Path, ckpt: str = "whole", layers: list | 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("variants")
-    run_tf1_source(BUILDER, out, str(out))
+    run_tf1_script(REPO / "tests" / "tf1_builders" / "checkpoint_variants.py", str(out))
     return out
 
 

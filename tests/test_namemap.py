@@ -7,6 +7,8 @@ import pytest
 from ferry.mapping.namemap import Tensor, plan_mapping
 from ferry.spec import NameMap
 
+pytestmark = pytest.mark.unit
+
 
 def tensors(shapes: dict[str, tuple], dtype: str = "float32") -> dict[str, Tensor]:
     return {k: Tensor(v, "int64" if k == "global_step" else dtype) for k, v in shapes.items()}

@@ -1,21 +1,23 @@
 """Tests for ferry.mapping.transforms: every transform checked numerically against the TF1 op it replaces.
 
-The TF1 references are built once, in a separate process (tf_keras + TF1 behaviour), from seeded
-random weights and inputs; the builder saves inputs, weights (by variable name) and outputs to an
-.npz and the graph to a `.meta`. Here each Keras 3 layer gets its weights through `run_transform`
-and must reproduce the TF1 outputs.
+The TF1 references are built once, in a separate process (tf_keras + TF1 behaviour), by
+tests/tf1_builders/transform_refs.py from seeded random weights and inputs; it saves inputs, weights (by
+variable name) and outputs to an .npz and the graph to a `.meta`. Here each Keras 3 layer gets its weights
+through `run_transform` and must reproduce the TF1 outputs. A transform's check is marked `@against_tf1(NAME)`;
+every registered transform must have one, and a row in the README's Name map table.
 """
 
 from __future__ import annotations
 
-import textwrap
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_tf1_source
+from conftest import REPO, run_tf1_script
 
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
 from ferry.mapping.transforms import (
@@ -28,103 +30,20 @@ from ferry.tf1.facts import batch_norm_epsilon, lstm_forget_bias
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
-# One TF1-era graph holding every reference; arrays go to refs.npz as `in:*`, `out:*`, `var:*`.
-BUILDER = textwrap.dedent(
-    '''
-    import sys
-    from pathlib import Path
-
-    import numpy as np
-    import tensorflow as tf
-
-    v1 = tf.compat.v1
-    v1.disable_v2_behavior()
-    OUT = Path(sys.argv[1])
-    RNG = np.random.default_rng(0)
+# transform -> the tests that check it numerically against the TF1 op it replaces (filled by `@against_tf1`)
+TF1_CHECKS: dict[str, list[str]] = {}
 
 
-    def rand(*shape):
-        return RNG.normal(size=shape).astype(np.float32)
+def against_tf1(*names: str) -> Callable[[Callable], Callable]:
+    """Register the decorated test as the numerical check of transforms `names` against the TF1 ops they replace
+    (the test takes the `refs` fixture); marked `tf1`."""
 
+    def register(test: Callable) -> Callable:
+        for name in names:
+            TF1_CHECKS.setdefault(name, []).append(test.__name__)
+        return pytest.mark.tf1(test)
 
-    INPUTS = {
-        "seq": rand(3, 5, 4),     # [B, T, in] for the recurrent cells
-        "map7": rand(2, 7, 7, 3),  # a 7x7 map for a VGG fc6-style conv
-        "map4": rand(2, 4, 4, 3),  # for a 1x1 conv
-        "tokens": rand(2, 5, 8),   # [B, T, d] for attention (d = 2 heads x 4)
-        "rows": rand(4, 6),        # for a fused qkv kernel
-        "a": rand(3, 4, 5),
-        "b": rand(3, 2, 5),
-        "bn": rand(2, 4, 4, 3) * 2 + 1,
-    }
-
-
-    def attention(x, heads, key_dim, scope):
-        """Multi-head self-attention written the TF1 way: 2-D dense projections, split heads."""
-        def split_heads(t):
-            return tf.transpose(tf.reshape(t, [-1, 5, heads, key_dim]), [0, 2, 1, 3])
-        with v1.variable_scope(scope):
-            q, k, v = (split_heads(v1.layers.dense(x, heads * key_dim, name=n))
-                       for n in ("query", "key", "value"))
-            scores = tf.matmul(q, k, transpose_b=True) / np.sqrt(key_dim).astype(np.float32)
-            context = tf.matmul(tf.nn.softmax(scores), v)
-            context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, 5, heads * key_dim])
-            return v1.layers.dense(context, 8, name="output")
-
-
-    graph = tf.Graph()
-    with graph.as_default():
-        x = {k: v1.placeholder(tf.float32, v.shape, name=k) for k, v in INPUTS.items()}
-        is_training = v1.placeholder_with_default(False, [], name="is_training")
-        cells = {"lstm": v1.nn.rnn_cell.LSTMCell(8, forget_bias=1.0),
-                 "basic": v1.nn.rnn_cell.BasicLSTMCell(8, forget_bias=0.5),
-                 "gru": v1.nn.rnn_cell.GRUCell(8)}
-        cells["stack"] = v1.nn.rnn_cell.MultiRNNCell(
-            [v1.nn.rnn_cell.LSTMCell(8, forget_bias=0.25),
-             v1.nn.rnn_cell.BasicLSTMCell(8, forget_bias=2.0)])
-        out = {name: v1.nn.dynamic_rnn(cell, x["seq"], dtype=tf.float32, scope=name)[0]
-               for name, cell in cells.items()}
-        fc6 = v1.layers.conv2d(x["map7"], 5, 7, padding="valid", name="fc6")
-        out["fc6"] = tf.reshape(fc6, [-1, 5])
-        out["conv1x1"] = v1.layers.conv2d(x["map4"], 6, 1, name="conv1x1")
-        out["mha"] = attention(x["tokens"], 2, 4, "mha")
-        out["transpose"] = tf.transpose(x["a"], [2, 0, 1])
-        out["reshape"] = tf.reshape(x["a"], [4, 15])
-        out["split0"], out["split1"] = tf.split(x["a"], [1, 3], axis=1)
-        out["concat"] = tf.concat([x["a"], x["b"]], axis=1)
-        qkv = v1.get_variable("qkv/kernel", [6, 18])
-        out["q"], out["k"], out["v"] = tf.split(tf.matmul(x["rows"], qkv), 3, axis=1)
-        out["bn"] = v1.layers.batch_normalization(x["bn"], scale=False, epsilon=1e-5,
-                                                  training=False, name="bn")
-        out["bn_cond"] = v1.layers.batch_normalization(x["bn"], epsilon=1e-4,
-                                                       training=is_training, name="bn_cond")
-        out["bn_unfused"] = v1.layers.batch_normalization(x["bn"], epsilon=2e-3, fused=False,
-                                                          training=False, name="bn_unfused")
-        # A training graph, as checkpoints come with: gradient loops read the same variables.
-        loss = sum(tf.reduce_sum(out[k]) for k in ("lstm", "basic", "stack", "bn_cond"))
-        v1.train.AdamOptimizer(1e-3).minimize(loss)
-        init = v1.global_variables_initializer()
-        saver = v1.train.Saver()
-
-    with v1.Session(graph=graph) as sess:
-        sess.run(init)
-        for var in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES):
-            shape = var.shape.as_list()
-            value = (RNG.uniform(0.05, 1.0, shape) if "moving_variance" in var.name
-                     else RNG.normal(scale=0.5, size=shape))
-            var.load(value.astype(np.float32), sess)
-        results = sess.run(out, {x[k]: v for k, v in INPUTS.items()})
-        weights = {v.op.name: sess.run(v)
-                   for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES)}
-        saver.save(sess, str(OUT / "model.ckpt"))
-
-    arrays = {f"in:{k}": v for k, v in INPUTS.items()}
-    arrays |= {f"out:{k}": v for k, v in results.items()}
-    arrays |= {f"var:{k}": v for k, v in weights.items()}
-    np.savez(OUT / "refs.npz", **arrays)
-    print("built")
-    '''
-)
+    return register
 
 
 class Refs:
@@ -154,7 +73,7 @@ class Refs:
 def refs(tmp_path_factory: pytest.TempPathFactory) -> Refs:
     """Build every TF1 reference once, in a separate process (tf_keras needs its own env)."""
     root = tmp_path_factory.mktemp("transform_refs")
-    run_tf1_source(BUILDER, root, str(root))
+    run_tf1_script(REPO / "tests" / "tf1_builders" / "transform_refs.py", str(root))
     return Refs(root / "refs.npz", root / "model.ckpt.meta")
 
 
@@ -182,6 +101,7 @@ def run_rnn(layer: keras.Layer, refs: Refs, cell_scope: str, transform: str,
 # Recurrent cells
 
 
+@against_tf1("lstm")
 @pytest.mark.parametrize(("name", "cell", "forget_bias"),
                          [("lstm", "lstm_cell", 1.0), ("basic", "basic_lstm_cell", 0.5)])
 def test_lstm_matches_tf1_cell(refs: Refs, name: str, cell: str, forget_bias: float) -> None:
@@ -193,6 +113,7 @@ def test_lstm_matches_tf1_cell(refs: Refs, name: str, cell: str, forget_bias: fl
     np.testing.assert_allclose(got, refs.output(name), **TOL)
 
 
+@against_tf1("lstm")
 def test_stacked_lstm_cells(refs: Refs) -> None:
     """MultiRNNCell: cell ops live under `stack/while/stack/multi_rnn_cell/...` (scope repeated)."""
     scopes = ["stack/multi_rnn_cell/cell_0/lstm_cell",
@@ -208,6 +129,7 @@ def test_stacked_lstm_cells(refs: Refs) -> None:
     np.testing.assert_allclose(np.asarray(model(seq)), refs.output("stack"), **TOL)
 
 
+@pytest.mark.tf1
 def test_lstm_without_forget_bias_does_not_match(refs: Refs) -> None:
     """The folded forget bias matters: leaving it out changes the outputs."""
     got = run_rnn(keras.layers.LSTM(8, return_sequences=True), refs, "lstm/lstm_cell", "lstm",
@@ -215,6 +137,7 @@ def test_lstm_without_forget_bias_does_not_match(refs: Refs) -> None:
     assert np.abs(got - refs.output("lstm")).max() > 1e-3
 
 
+@pytest.mark.tf1
 def test_lstm_forget_bias_names_missing_scope(refs: Refs) -> None:
     with pytest.raises(TransformError, match="gru/gru_cell"):
         lstm_forget_bias(refs.graph, "gru/gru_cell")
@@ -222,12 +145,14 @@ def test_lstm_forget_bias_names_missing_scope(refs: Refs) -> None:
         lstm_forget_bias(refs.graph, "nowhere/lstm_cell")
 
 
+@against_tf1("gru")
 def test_gru_matches_tf1_cell(refs: Refs) -> None:
     got = run_rnn(keras.layers.GRU(8, reset_after=False, return_sequences=True), refs,
                   "gru/gru_cell", "gru")
     np.testing.assert_allclose(got, refs.output("gru"), **TOL)
 
 
+@pytest.mark.tf1
 @pytest.mark.parametrize("mistake", ["tf1_gate_order", "update_gate_flipped"])
 def test_gru_wrong_conventions_do_not_match(refs: Refs, mistake: str) -> None:
     """The test can fail: TF1's r, u order kept, or z = 1 - u (the Chung et al. convention,
@@ -245,6 +170,7 @@ def test_gru_wrong_conventions_do_not_match(refs: Refs, mistake: str) -> None:
     assert np.abs(got - refs.output("gru")).max() > 1e-3
 
 
+@pytest.mark.unit
 def test_lstm_error_names_the_shapes() -> None:
     kernel, bias = np.zeros((10, 32), np.float32), np.zeros(32, np.float32)
     with pytest.raises(TransformError) as info:
@@ -257,6 +183,7 @@ def test_lstm_error_names_the_shapes() -> None:
 # Dense, conv and attention layouts
 
 
+@against_tf1("conv_to_dense")
 def test_conv_to_dense_fc6(refs: Refs) -> None:
     """A 7x7 VALID conv on a 7x7 map, flattened == Keras Flatten + Dense."""
     model = keras.Sequential([keras.Input((7, 7, 3)), keras.layers.Flatten(),
@@ -267,6 +194,7 @@ def test_conv_to_dense_fc6(refs: Refs) -> None:
     np.testing.assert_allclose(np.asarray(model(refs.input("map7"))), refs.output("fc6"), **TOL)
 
 
+@against_tf1("conv_to_dense")
 def test_conv_to_dense_1x1(refs: Refs) -> None:
     """A 1x1 conv == a Dense applied to every pixel of the NHWC map."""
     dense = keras.layers.Dense(6)
@@ -277,6 +205,7 @@ def test_conv_to_dense_1x1(refs: Refs) -> None:
                                **TOL)
 
 
+@against_tf1("attention_heads")
 def test_attention_heads_match_tf1_attention(refs: Refs) -> None:
     x = refs.input("tokens")
     mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
@@ -292,6 +221,7 @@ def test_attention_heads_match_tf1_attention(refs: Refs) -> None:
     np.testing.assert_allclose(np.asarray(mha(x, x)), refs.output("mha"), **TOL)
 
 
+@pytest.mark.unit
 def test_attention_heads_rejects_other_shapes() -> None:
     with pytest.raises(TransformError, match=r"'attention_heads'.*\[8, 8\].*\[4, 4, 4\]"):
         run_transform("attention_heads", [np.zeros((8, 8), np.float32)], [(4, 4, 4)], {})
@@ -301,6 +231,7 @@ def test_attention_heads_rejects_other_shapes() -> None:
 # Generic array transforms
 
 
+@against_tf1("transpose", "reshape", "split", "concat")
 def test_transpose_reshape_split_concat_match_tf1(refs: Refs) -> None:
     a, b = refs.input("a"), refs.input("b")
     (t,) = run_transform("transpose", [a], [(5, 3, 4)], {"perm": [2, 0, 1]})
@@ -316,6 +247,7 @@ def test_transpose_reshape_split_concat_match_tf1(refs: Refs) -> None:
     np.testing.assert_array_equal(c, refs.output("concat"))
 
 
+@against_tf1("split")
 def test_split_fused_qkv_kernel(refs: Refs) -> None:
     """A fused qkv kernel [d, 3d] split into three Dense kernels == TF1's slices of x @ qkv."""
     x = refs.input("rows")
@@ -327,6 +259,7 @@ def test_split_fused_qkv_kernel(refs: Refs) -> None:
         np.testing.assert_allclose(np.asarray(dense(x)), refs.output(name), **TOL)
 
 
+@pytest.mark.unit
 def test_outputs_keep_the_source_dtype() -> None:
     kernel, bias = np.ones((12, 32), np.float16), np.zeros(32, np.float16)
     outs = run_transform("lstm", [kernel, bias], [(4, 32), (8, 32), (32,)], {"forget_bias": 1.0})
@@ -338,6 +271,7 @@ def test_outputs_keep_the_source_dtype() -> None:
 # Batch norm epsilon
 
 
+@pytest.mark.tf1
 def test_batch_norm_epsilon_from_graph(refs: Refs) -> None:
     """The epsilon read from the fused op makes Keras match; Keras' default 1e-3 would not.
 
@@ -362,6 +296,7 @@ def test_batch_norm_epsilon_from_graph(refs: Refs) -> None:
     assert np.abs(keras_bn(1e-3) - expected).max() > 1e-3
 
 
+@pytest.mark.tf1
 def test_batch_norm_epsilon_in_cond_and_unfused(refs: Refs) -> None:
     assert batch_norm_epsilon(refs.graph, "bn_cond") == pytest.approx(1e-4)
     assert batch_norm_epsilon(refs.graph, "bn_unfused") == pytest.approx(2e-3)
@@ -373,34 +308,78 @@ def test_batch_norm_epsilon_in_cond_and_unfused(refs: Refs) -> None:
 # Registry and errors
 
 
+@pytest.mark.unit
 def test_registry_is_documented() -> None:
-    assert set(TRANSFORMS) == {"transpose", "reshape", "split", "concat", "lstm", "gru",
-                               "conv_to_dense", "attention_heads"}
     for name, transform in TRANSFORMS.items():
         assert transform.name == name and transform.doc and "\n" not in transform.doc
         assert transform.apply.__doc__
 
 
+@pytest.mark.unit
+def test_every_transform_is_checked_against_tf1() -> None:
+    """Every registered transform has a numerical test against the TF1 op it replaces, and every such test
+    names a registered transform and reads the TF1 references."""
+    untested, unknown = sorted(set(TRANSFORMS) - set(TF1_CHECKS)), sorted(set(TF1_CHECKS) - set(TRANSFORMS))
+    assert not untested, f"transforms without a test against TF1 (@against_tf1): {untested}"
+    assert not unknown, f"@against_tf1 names no registered transform: {unknown}"
+    for tests in TF1_CHECKS.values():
+        for test in tests:
+            assert "refs" in inspect.signature(globals()[test]).parameters, test
+
+
+def readme_transforms() -> dict[str, str]:
+    """The README's Name map transforms table: transform -> its params cell."""
+    section = (REPO / "README.md").read_text().split("\n### Name map\n", 1)[1].split("\n### ", 1)[0]
+    lines = [ln.strip() for ln in section.splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| transform |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] not in rows, f"README: two rows for {cells[0]}"
+        rows[cells[0]] = cells[-1]
+    return rows
+
+
+@pytest.mark.unit
+def test_every_transform_has_a_readme_row() -> None:
+    """Both ways: every row names a registered transform (in backquotes), every transform has a row; the
+    params column names each parameter the transform accepts ("–" for none)."""
+    rows, names = readme_transforms(), {f"`{name}`" for name in TRANSFORMS}
+    assert not names - set(rows), f"README Name map: no row for {sorted(names - set(rows))}"
+    assert not set(rows) - names, f"README Name map: rows name no registered transform: {sorted(set(rows) - names)}"
+    for name, transform in TRANSFORMS.items():
+        cell = rows[f"`{name}`"]
+        assert all(f"`{p}`" in cell for p in transform.params) and (transform.params or cell == "–"), (name, cell)
+
+
+@pytest.mark.unit
 def test_unknown_transform_lists_supported() -> None:
-    with pytest.raises(TransformError, match="unknown transform 'bogus'.*attention_heads.*lstm"):
+    with pytest.raises(TransformError, match="unknown transform 'bogus'.*attention_heads.*lstm") as info:
         run_transform("bogus", [np.zeros(3)], [(3,)], {})
+    assert str(info.value).split("supported: ", 1)[1].split(", ") == sorted(TRANSFORMS)
 
 
+@pytest.mark.unit
 def test_unknown_param_names_it_and_the_accepted_ones() -> None:
     with pytest.raises(TransformError, match="'split'.*axes.*accepted: axis"):
         run_transform("split", [np.zeros((2, 4))], [(2, 2), (2, 2)], {"axes": 1})
 
 
+@pytest.mark.unit
 def test_reshape_count_mismatch() -> None:
     with pytest.raises(TransformError, match=r"'reshape'.*\[3, 4\].*12.*\[5, 3\]"):
         run_transform("reshape", [np.zeros((3, 4))], [(5, 3)], {})
 
 
+@pytest.mark.unit
 def test_output_shape_must_equal_target_shape() -> None:
     with pytest.raises(TransformError, match=r"'reshape'.*shape \[4, 3\], got \[2, 6\]"):
         run_transform("reshape", [np.zeros((3, 4))], [(4, 3)], {"shape": [2, 6]})
 
 
+@pytest.mark.unit
 def test_split_sizes_must_add_up() -> None:
     with pytest.raises(TransformError, match=r"'split'.*2 \+ 3.*4"):
         run_transform("split", [np.zeros((2, 4))], [(2, 2), (2, 3)], {"axis": 1})

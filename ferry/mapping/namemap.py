@@ -37,7 +37,7 @@ class Tensor:
 
 
 @dataclass(frozen=True)
-class Source:
+class CheckpointEntry:
     """A logical checkpoint entry: what to read for it (EMA shadow, or partitions to join on axis 0)."""
 
     name: str
@@ -52,7 +52,7 @@ class Assignment:
     """One step of the plan: read `sources`, apply `transform`, cast, assign to `targets`."""
 
     rule: str
-    sources: tuple[Source, ...]
+    sources: tuple[CheckpointEntry, ...]
     targets: tuple[str, ...]
     transform: str | None
     params: dict
@@ -144,7 +144,7 @@ def rule_pattern(pattern: str, match: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def logical_sources(checkpoint: dict[str, Tensor], use_ema: bool) -> tuple[dict[str, Source], list[Row]]:
+def logical_entries(checkpoint: dict[str, Tensor], use_ema: bool) -> tuple[dict[str, CheckpointEntry], list[Row]]:
     """Checkpoint keys as logical entries: `name/part_N` keys joined, EMA shadows substituted if asked.
 
     Returns the entries (in checkpoint order) and report rows for keys folded into others.
@@ -154,28 +154,28 @@ def logical_sources(checkpoint: dict[str, Tensor], use_ema: bool) -> tuple[dict[
     for key in checkpoint:
         if m := PARTITION.fullmatch(key):
             parts.setdefault(m.group(1), []).append((int(m.group(2)), key))
-    sources: dict[str, Source] = {}
+    entries: dict[str, CheckpointEntry] = {}
     for key, t in checkpoint.items():
         m = PARTITION.fullmatch(key)
         if m and m.group(1) not in checkpoint:
             base = m.group(1)
-            if base in sources:
+            if base in entries:
                 continue
             keys = tuple(k for _, k in sorted(parts[base]))
             shapes = [checkpoint[k].shape for k in keys]
             joined = (sum(s[0] for s in shapes), *shapes[0][1:])
-            sources[base] = Source(base, joined, t.dtype, keys, f"joined {len(keys)} partitions")
+            entries[base] = CheckpointEntry(base, joined, t.dtype, keys, f"joined {len(keys)} partitions")
             continue
-        sources[key] = Source(key, t.shape, t.dtype, (key,))
+        entries[key] = CheckpointEntry(key, t.shape, t.dtype, (key,))
     if use_ema:
-        for key in [k for k in sources if k.endswith(EMA_SUFFIX)]:
+        for key in [k for k in entries if k.endswith(EMA_SUFFIX)]:
             base = key.removesuffix(EMA_SUFFIX)
-            if base in sources:
-                shadow = sources.pop(key)
-                sources[base] = Source(base, shadow.shape, shadow.dtype, shadow.read, "from EMA shadow")
+            if base in entries:
+                shadow = entries.pop(key)
+                entries[base] = CheckpointEntry(base, shadow.shape, shadow.dtype, shadow.read, "from EMA shadow")
                 rows.append(Row(key, "mapped", None, list(shadow.shape), None, "",
                                 f"EMA shadow, read in place of {base!r} (name_map.use_ema)"))
-    return sources, rows
+    return entries, rows
 
 
 def plan_mapping(
@@ -192,188 +192,237 @@ def plan_mapping(
     mode any model weight left unassigned. `params` holds per-rule transform params with graph
     facts already resolved (rule index -> params); default: the spec's own.
     """
-    plan = MappingPlan()
-    sources, plan.rows = logical_sources(checkpoint, name_map.use_ema)
-    skips = skip_patterns(name_map)
-    decided: dict[str, str] = {}  # key -> why (skip label or rule label)
-
-    for name, src in sources.items():
-        if skip := next((label for label, pat in skips if pat.fullmatch(name)), None):
-            decided[name] = skip
-            plan.rows.append(Row(name, "skipped", None, list(src.shape), None, src.note, skip))
-
-    claimed: dict[str, str] = {}
-    for i, rule in enumerate(name_map.rules):
-        label = _label(i, rule)
-        rule_params = (params or {}).get(i, rule.transform_params)
-        found = _apply_rule(rule, label, rule_params, name_map.dtype_policy, sources, decided, weights, claimed,
-                            plan)
-        if not found:
-            plan.errors.append(f"name_map.{label}: matches no checkpoint key not already skipped or claimed by "
-                               "an earlier rule")
-
-    for name, src in sources.items():
-        if name not in decided:
-            plan.rows.append(Row(name, "unused", None, list(src.shape), None, src.note, "no rule matches"))
-
-    unassigned = [w for w in weights if w not in claimed]
-    suggested = _suggest(plan, sources, weights, unassigned)
-    for path in unassigned:
-        hint = f"; suggested rule: {suggested[path]}" if path in suggested else ""
-        plan.rows.append(Row(None, "unassigned", path, None, list(weights[path].shape), "",
-                             "no checkpoint key mapped here" + hint))
-    if unassigned and name_map.strict:
-        cov = plan.coverage
-        plan.errors.append(
-            f"strict name map: {len(unassigned)} of {cov['model_weights_total']} model weights unassigned "
-            f"(model-weight coverage {cov['model_weights']:.0%}): "
-            + ", ".join(f"{p} {list(weights[p].shape)}" for p in unassigned)
-        )
-        if plan.suggestions:
-            plan.errors.append("suggested rules (shape-compatible unused keys, in graph order):\n"
-                               + "\n".join(f"  - {s}" for s in plan.suggestions))
-    return plan
+    return Planner(checkpoint, weights, name_map, params).run()
 
 
-def _label(i: int, rule: Rule) -> str:
-    to = f" -> {rule.to!r}" if rule.to is not None else ""
-    tr = f" [{rule.transform_name}]" if rule.transform_name else ""
-    return f"rules[{i}] {rule.from_!r}{to}{tr}"
+@dataclass(frozen=True)
+class ResolvedRule:
+    """One rule as the planner applies it: its label, its transform and that transform's params."""
+
+    rule: Rule
+    label: str
+    transform: Transform | None
+    params: dict
+
+    @classmethod
+    def of(cls, index: int, rule: Rule, params: dict[int, dict]) -> ResolvedRule:
+        """Rule `index`, with its params from `params` (graph facts resolved) or else the spec's own."""
+        to = f" -> {rule.to!r}" if rule.to is not None else ""
+        tr = f" [{rule.transform_name}]" if rule.transform_name else ""
+        transform = TRANSFORMS[rule.transform_name] if rule.transform_name else None
+        return cls(rule, f"rules[{index}] {rule.from_!r}{to}{tr}", transform,
+                   params.get(index, rule.transform_params))
 
 
-def _apply_rule(rule: Rule, label, params, policy, sources, decided, weights, claimed, plan) -> bool:
-    """Decide the keys `rule` matches; return whether it decided any."""
-    transform = TRANSFORMS[rule.transform_name] if rule.transform_name else None
-    if isinstance(rule.from_, list):  # several keys -> one target (concat)
-        return _apply_many_to_one(rule, label, params, policy, transform, sources, decided, weights, claimed,
-                                  plan)
-    pattern = rule_pattern(rule.from_, rule.match)
-    suffixes = transform.sources if transform and transform.sources else None
-    found = False
-    for name in list(sources):
-        if name in decided:
-            continue
-        if suffixes:  # scope transform: the rule matches the scope, the transform names the keys under it
-            if not name.endswith("/" + suffixes[0]):
+class Planner:
+    """One planning pass: the logical checkpoint entries, which of them are decided (and by what), which
+    model weights are claimed (and by which keys), and the plan being built."""
+
+    def __init__(self, checkpoint: dict[str, Tensor], weights: dict[str, Tensor], name_map: NameMap,
+                 params: dict[int, dict] | None = None) -> None:
+        self.weights = weights
+        self.name_map = name_map
+        self.params = params or {}  # rule index -> transform params, graph facts resolved
+        self.plan = MappingPlan()
+        self.entries, self.plan.rows = logical_entries(checkpoint, name_map.use_ema)
+        self.decided: dict[str, str] = {}  # entry name -> why (skip label or rule label)
+        self.claimed: dict[str, str] = {}  # model weight -> the key(s) assigned to it, joined with '+'
+
+    def run(self) -> MappingPlan:
+        """Skips, then every rule in order, then the report of what is left on either side."""
+        self.skip()
+        for i, rule in enumerate(self.name_map.rules):
+            use = ResolvedRule.of(i, rule, self.params)
+            if not self.apply(use):
+                self.plan.errors.append(f"name_map.{use.label}: matches no checkpoint key not already skipped or "
+                                        "claimed by an earlier rule")
+        for name, entry in self.entries.items():
+            if name not in self.decided:
+                self.plan.rows.append(Row(name, "unused", None, list(entry.shape), None, entry.note,
+                                          "no rule matches"))
+        self.report_unassigned()
+        return self.plan
+
+    def skip(self) -> None:
+        """Decide every entry a skip pattern (or preset) matches."""
+        skips = skip_patterns(self.name_map)
+        for name, entry in self.entries.items():
+            if skip := next((label for label, pat in skips if pat.fullmatch(name)), None):
+                self.decided[name] = skip
+                self.plan.rows.append(Row(name, "skipped", None, list(entry.shape), None, entry.note, skip))
+
+    def apply(self, use: ResolvedRule) -> bool:
+        """Decide the keys the rule matches; return whether it decided any."""
+        if isinstance(use.rule.from_, list):  # several keys -> one target (concat)
+            return self.apply_many_to_one(use)
+        pattern = rule_pattern(use.rule.from_, use.rule.match)
+        suffixes = use.transform.sources if use.transform and use.transform.sources else None
+        found = False
+        for name in list(self.entries):
+            if name in self.decided:
                 continue
-            scope = name[: -len(suffixes[0]) - 1]
-            m = pattern.fullmatch(scope)
-            if not m:
+            if suffixes:
+                matched = self.match_scope(use, pattern, name)
+            else:
+                matched = self.match_key(use, pattern, name)
+            if matched is None:
                 continue
-            keys = [f"{scope}/{s}" for s in suffixes]
-            missing = [k for k in keys if k not in sources or k in decided]
-            if missing:
-                plan.errors.append(f"name_map.{label}: scope {scope!r} lacks checkpoint keys {missing} "
-                                   f"that transform {rule.transform_name!r} needs ({', '.join(suffixes)})")
-                continue
-            to_scope = _expand(m, rule.to if rule.to is not None else scope, label, plan)
-            targets = [f"{to_scope}/{t}" for t in transform.targets] if to_scope is not None else None
-        else:
-            m = pattern.fullmatch(name)
-            if not m:
-                continue
-            keys = [name]
-            tos = rule.to if isinstance(rule.to, list) else [rule.to if rule.to is not None else name]
-            expanded = [_expand(m, t, label, plan) for t in tos]
-            targets = None if None in expanded else expanded
-        found = True
-        for k in keys:
-            decided[k] = label
-        if targets is None:
+            keys, targets = matched
+            found = True
             for k in keys:
-                plan.rows.append(Row(k, "unused", None, list(sources[k].shape), None, "", f"{label}: bad target"))
-            continue
-        _assign(rule, label, params, policy, transform, [sources[k] for k in keys], targets, weights, claimed, plan)
-    return found
+                self.decided[k] = use.label
+            if targets is None:
+                for k in keys:
+                    self.plan.rows.append(Row(k, "unused", None, list(self.entries[k].shape), None, "",
+                                              f"{use.label}: bad target"))
+                continue
+            self.assign(use, [self.entries[k] for k in keys], targets)
+        return found
 
+    def match_key(self, use: ResolvedRule, pattern: re.Pattern[str],
+                  name: str) -> tuple[list[str], list[str] | None] | None:
+        """(keys, targets) when the rule matches entry `name`; targets None when one cannot be expanded."""
+        m = pattern.fullmatch(name)
+        if not m:
+            return None
+        rule = use.rule
+        tos = rule.to if isinstance(rule.to, list) else [rule.to if rule.to is not None else name]
+        expanded = [self.expand(m, t, use.label) for t in tos]
+        return [name], None if None in expanded else expanded
 
-def _apply_many_to_one(rule, label, params, policy, transform, sources, decided, weights, claimed,
-                       plan) -> bool:
-    """A rule whose `from` lists several patterns, each matching exactly one key (e.g. concat)."""
-    keys = []
-    for pattern in rule.from_:
-        hits = [n for n in sources if n not in decided and rule_pattern(pattern, rule.match).fullmatch(n)]
-        if len(hits) != 1:
-            plan.errors.append(f"name_map.{label}: pattern {pattern!r} must match exactly one checkpoint key, "
-                               f"matches {hits or 'none'}")
-            return bool(hits)
-        keys.append(hits[0])
-    for k in keys:
-        decided[k] = label
-    targets = rule.to if isinstance(rule.to, list) else [rule.to]
-    _assign(rule, label, params, policy, transform, [sources[k] for k in keys], targets, weights, claimed, plan)
-    return True
+    def match_scope(self, use: ResolvedRule, pattern: re.Pattern[str],
+                    name: str) -> tuple[list[str], list[str] | None] | None:
+        """A scope transform: the rule matches the scope, the transform names the keys under it and the
+        weights under the rule's `to` scope. None when `name` is not the first key of a matching scope, or
+        (after an error) when the scope lacks some of the keys."""
+        suffixes, targets = use.transform.sources, use.transform.targets
+        if not name.endswith("/" + suffixes[0]):
+            return None
+        scope = name[: -len(suffixes[0]) - 1]
+        m = pattern.fullmatch(scope)
+        if not m:
+            return None
+        keys = [f"{scope}/{s}" for s in suffixes]
+        missing = [k for k in keys if k not in self.entries or k in self.decided]
+        if missing:
+            self.plan.errors.append(f"name_map.{use.label}: scope {scope!r} lacks checkpoint keys {missing} "
+                                    f"that transform {use.rule.transform_name!r} needs ({', '.join(suffixes)})")
+            return None
+        to_scope = self.expand(m, use.rule.to if use.rule.to is not None else scope, use.label)
+        return keys, [f"{to_scope}/{t}" for t in targets] if to_scope is not None else None
 
+    def apply_many_to_one(self, use: ResolvedRule) -> bool:
+        """A rule whose `from` lists several patterns, each matching exactly one key (e.g. concat)."""
+        keys = []
+        for pattern in use.rule.from_:
+            compiled = rule_pattern(pattern, use.rule.match)
+            hits = [n for n in self.entries if n not in self.decided and compiled.fullmatch(n)]
+            if len(hits) != 1:
+                self.plan.errors.append(f"name_map.{use.label}: pattern {pattern!r} must match exactly one "
+                                        f"checkpoint key, matches {hits or 'none'}")
+                return bool(hits)
+            keys.append(hits[0])
+        for k in keys:
+            self.decided[k] = use.label
+        targets = use.rule.to if isinstance(use.rule.to, list) else [use.rule.to]
+        self.assign(use, [self.entries[k] for k in keys], targets)
+        return True
 
-def _expand(match: re.Match[str], template: str, label: str, plan: MappingPlan) -> str | None:
-    try:
-        return match.expand(template)
-    except (re.error, IndexError) as exc:
-        plan.errors.append(f"name_map.{label}: cannot expand target {template!r} for {match.string!r}: {exc}")
+    def expand(self, match: re.Match[str], template: str, label: str) -> str | None:
+        """`template` with the match's groups; None (and an error) when it cannot be expanded."""
+        try:
+            return match.expand(template)
+        except (re.error, IndexError) as exc:
+            self.plan.errors.append(f"name_map.{label}: cannot expand target {template!r} for {match.string!r}: "
+                                    f"{exc}")
+            return None
+
+    def assign(self, use: ResolvedRule, entries: list[CheckpointEntry], targets: list[str]) -> None:
+        """Check one step (targets exist and are free, shapes, dtypes) and add it with its report rows."""
+        problems = self.problems(use, entries, targets)
+        casts = [self.cast(entries, t, problems) for t in targets]
+        notes = "; ".join(x for x in [use.rule.transform_name or "", *(e.note for e in entries),
+                                      *(c and f"cast {c}" for c in casts)] if x)
+        if problems:
+            for msg in problems:
+                self.plan.errors.append(f"name_map.{use.label}: {msg}")
+            for e in entries:
+                self.plan.rows.append(Row(e.name, "unused", ", ".join(targets), list(e.shape), None, notes,
+                                          f"{use.label}: {problems[0]}"))
+            return
+        for t in targets:
+            self.claimed[t] = "+".join(e.name for e in entries)
+        self.plan.assignments.append(Assignment(use.label, tuple(entries), tuple(targets), use.rule.transform_name,
+                                                use.params, tuple(casts)))
+        for e in entries:
+            shape = list(self.weights[targets[0]].shape) if len(targets) == 1 else None
+            self.plan.rows.append(Row(e.name, "mapped", ", ".join(targets), list(e.shape), shape, notes, use.label))
+
+    def problems(self, use: ResolvedRule, entries: list[CheckpointEntry], targets: list[str]) -> list[str]:
+        """What stops this step, dtypes aside: targets that are no weight or already claimed, shapes."""
+        problems = []
+        missing = [t for t in targets if t not in self.weights]
+        if missing:
+            problems.append(f"target {', '.join(repr(t) for t in missing)} is not a model weight")
+        for t in targets:
+            if t in self.claimed:
+                problems.append(f"checkpoint keys {self.claimed[t]!r} and {'+'.join(e.name for e in entries)!r} "
+                                f"both map to model weight {t!r}")
+        if not use.transform and not missing and len(entries) == len(targets) == 1:
+            entry, weight = entries[0], self.weights[targets[0]]
+            if entry.shape != weight.shape:
+                problems.append(f"shape mismatch: checkpoint key {entry.name!r} has shape {list(entry.shape)}, "
+                                f"model weight {targets[0]!r} has shape {list(weight.shape)}")
+        elif not use.transform and len(entries) != len(targets):
+            problems.append(f"{len(entries)} checkpoint keys for {len(targets)} targets needs a transform "
+                            "(split/concat)")
+        return problems
+
+    def cast(self, entries: list[CheckpointEntry], target: str, problems: list[str]) -> str | None:
+        """The cast the dtype policy allows into `target` ("float16->float32"), None when none is needed;
+        a dtype mismatch it does not allow is added to `problems`."""
+        want = self.weights[target].dtype if target in self.weights else None
+        have = {e.dtype for e in entries}
+        if not want or have == {want}:
+            return None
+        if self.name_map.dtype_policy == "cast" and have <= FLOATS and want in FLOATS:
+            return f"{'/'.join(sorted(have))}->{want}"
+        problems.append(f"dtype mismatch: checkpoint key(s) {[e.name for e in entries]} are "
+                        f"{'/'.join(sorted(have))}, model weight {target!r} is {want} "
+                        f"(name_map.dtype_policy: cast converts between float types)")
         return None
 
+    def report_unassigned(self) -> None:
+        """A row per model weight no key reached (with a suggested rule where one fits); in strict mode an
+        error listing them, and the suggested rules."""
+        unassigned = [w for w in self.weights if w not in self.claimed]
+        suggested = self.suggest(unassigned)
+        for path in unassigned:
+            hint = f"; suggested rule: {suggested[path]}" if path in suggested else ""
+            self.plan.rows.append(Row(None, "unassigned", path, None, list(self.weights[path].shape), "",
+                                      "no checkpoint key mapped here" + hint))
+        if unassigned and self.name_map.strict:
+            cov = self.plan.coverage
+            self.plan.errors.append(
+                f"strict name map: {len(unassigned)} of {cov['model_weights_total']} model weights unassigned "
+                f"(model-weight coverage {cov['model_weights']:.0%}): "
+                + ", ".join(f"{p} {list(self.weights[p].shape)}" for p in unassigned)
+            )
+            if self.plan.suggestions:
+                self.plan.errors.append("suggested rules (shape-compatible unused keys, in graph order):\n"
+                                        + "\n".join(f"  - {s}" for s in self.plan.suggestions))
 
-def _assign(rule, label, params, policy: str, transform: Transform | None, srcs: list[Source], targets: list[str],
-            weights: dict[str, Tensor], claimed: dict[str, str], plan: MappingPlan) -> None:
-    """Check one step (targets exist and are free, shapes, dtypes) and add it with its report rows."""
-    problems = []
-    missing = [t for t in targets if t not in weights]
-    if missing:
-        problems.append(f"target {', '.join(repr(t) for t in missing)} is not a model weight")
-    taken = [t for t in targets if t in claimed]
-    for t in taken:
-        problems.append(f"checkpoint keys {claimed[t]!r} and {'+'.join(s.name for s in srcs)!r} both map to "
-                        f"model weight {t!r}")
-    if not transform and not missing and len(srcs) == len(targets) == 1:
-        if srcs[0].shape != weights[targets[0]].shape:
-            problems.append(f"shape mismatch: checkpoint key {srcs[0].name!r} has shape {list(srcs[0].shape)}, "
-                            f"model weight {targets[0]!r} has shape {list(weights[targets[0]].shape)}")
-    elif not transform and len(srcs) != len(targets):
-        problems.append(f"{len(srcs)} checkpoint keys for {len(targets)} targets needs a transform (split/concat)")
-    casts = []
-    for t in targets:
-        want = weights[t].dtype if t in weights else None
-        have = {s.dtype for s in srcs}
-        cast = None
-        if want and have != {want}:
-            if policy == "cast" and have <= FLOATS and want in FLOATS:
-                cast = f"{'/'.join(sorted(have))}->{want}"
-            else:
-                problems.append(f"dtype mismatch: checkpoint key(s) {[s.name for s in srcs]} are "
-                                f"{'/'.join(sorted(have))}, model weight {t!r} is {want} "
-                                f"(name_map.dtype_policy: cast converts between float types)")
-        casts.append(cast)
+    def suggest(self, unassigned: list[str]) -> dict[str, str]:
+        """Pair unassigned weights with unused same-shaped keys, both in graph order: one rule each.
 
-    note = rule.transform_name or ""
-    notes = "; ".join(x for x in [note, *(s.note for s in srcs), *(c and f"cast {c}" for c in casts)] if x)
-    if problems:
-        for msg in problems:
-            plan.errors.append(f"name_map.{label}: {msg}")
-        for s in srcs:
-            plan.rows.append(Row(s.name, "unused", ", ".join(targets), list(s.shape), None, notes,
-                                 f"{label}: {problems[0]}"))
-        return
-    for t in targets:
-        claimed[t] = "+".join(s.name for s in srcs)
-    plan.assignments.append(Assignment(label, tuple(srcs), tuple(targets), rule.transform_name, params,
-                                       tuple(casts)))
-    for s in srcs:
-        shape = list(weights[targets[0]].shape) if len(targets) == 1 else None
-        plan.rows.append(Row(s.name, "mapped", ", ".join(targets), list(s.shape), shape, notes, label))
-
-
-def _suggest(plan: MappingPlan, sources: dict[str, Source], weights: dict[str, Tensor],
-             unassigned: list[str]) -> dict[str, str]:
-    """Pair unassigned weights with unused same-shaped keys, both in graph order: one rule each.
-
-    Adds the rules to `plan.suggestions` and returns them by weight path."""
-    unused = {r.key for r in plan.rows if r.status == "unused"}
-    free = [s for n, s in sources.items() if n in unused]
-    suggested = {}
-    for path in unassigned:
-        match = next((s for s in free if s.shape == weights[path].shape), None)
-        if match:
-            free.remove(match)
-            suggested[path] = f"{{from: '{re.escape(match.name)}', to: '{path}'}}"
-    plan.suggestions.extend(suggested.values())
-    return suggested
+        Adds the rules to `plan.suggestions` and returns them by weight path."""
+        unused = {r.key for r in self.plan.rows if r.status == "unused"}
+        free = [e for n, e in self.entries.items() if n in unused]
+        suggested = {}
+        for path in unassigned:
+            match = next((e for e in free if e.shape == self.weights[path].shape), None)
+            if match:
+                free.remove(match)
+                suggested[path] = f"{{from: '{re.escape(match.name)}', to: '{path}'}}"
+        self.plan.suggestions.extend(suggested.values())
+        return suggested

@@ -1,8 +1,9 @@
-"""Weight transforms for the name-map engine: pure numpy functions, registered by name.
+"""Weight transforms for the name-map engine: pure numpy functions, registered by name with `@transform`.
 
 A rule in a spec's name map may name a transform (and its parameters); the engine then feeds the
 transform the matched checkpoint arrays and the shapes of the Keras weights they must become.
-Every transform is checked numerically against the TF1 op it replaces (tests/test_transforms.py).
+Adding a transform is one decorated function here, its numerical test against the TF1 op it
+replaces (tests/test_transforms.py, `@against_tf1`) and its row in the README's Name map table.
 
 The run-time constants a checkpoint does not hold (an LSTM cell's forget bias, a batch norm's
 epsilon) are read from the TF1 graph by `ferry.tf1.facts`.
@@ -29,7 +30,7 @@ class Transform:
     """One registered transform: what it reads, what it writes, and the numpy function."""
 
     name: str
-    doc: str  # one line, shown in errors and the README
+    doc: str  # one line: the function's docstring summary unless given
     # Scope transforms: checkpoint key suffixes under the matched TF1 scope, in order.
     # None: the rule's own matched keys, in the rule's order.
     sources: tuple[str, ...] | None
@@ -38,6 +39,28 @@ class Transform:
     targets: tuple[str, ...] | None
     params: dict[str, str]  # accepted parameter name -> one-line description
     apply: Apply  # (sources in order, target shapes in order, params) -> targets in order
+
+
+# Every transform, by name: filled by `@transform`, read by the spec's validation and the name-map planner.
+TRANSFORMS: dict[str, Transform] = {}
+
+
+def transform(name: str, *, sources: tuple[str, ...] | None = None, targets: tuple[str, ...] | None = None,
+              params: dict[str, str] | None = None, doc: str | None = None) -> Callable[[Apply], Apply]:
+    """Register the decorated numpy function as transform `name` (doc: its docstring's first line)."""
+
+    def register(apply: Apply) -> Apply:
+        line = doc or (apply.__doc__ or "").strip().split("\n", 1)[0]
+        if not line:
+            raise ValueError(f"transform {name!r} needs a one-line doc (a docstring or doc=...)")
+        if name in TRANSFORMS:
+            raise ValueError(f"transform {name!r} is registered twice")
+        if (sources is None) != (targets is None):
+            raise ValueError(f"transform {name!r}: a scope transform names both its sources and its targets")
+        TRANSFORMS[name] = Transform(name, line, sources, targets, dict(params or {}), apply)
+        return apply
+
+    return register
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,9 +132,10 @@ def _axis(name: str, params: dict[str, Any], ndim: int) -> int:
 # Generic transforms
 
 
+@transform("transpose", params={"perm": "permutation of the source's axes (default: reversed)"})
 def _transpose(sources: list[np.ndarray], target_shapes: list[Shape],
                params: dict[str, Any]) -> list[np.ndarray]:
-    """out = np.transpose(a, perm); perm defaults to reversing the axes (like tf.transpose)."""
+    """np.transpose(a, perm), like tf.transpose; perm defaults to reversing the axes."""
     _expect_counts("transpose", sources, target_shapes, 1, 1)
     (a,) = sources
     perm = _shape_param("transpose", params, "perm")
@@ -121,9 +145,10 @@ def _transpose(sources: list[np.ndarray], target_shapes: list[Shape],
     return [np.ascontiguousarray(np.transpose(a, perm))]
 
 
+@transform("reshape", params={"shape": "new shape, one -1 allowed (default: the target's shape)"})
 def _reshape(sources: list[np.ndarray], target_shapes: list[Shape],
              params: dict[str, Any]) -> list[np.ndarray]:
-    """out = np.reshape(a, shape) in C order (like tf.reshape); shape defaults to the target's."""
+    """C-order reshape, like tf.reshape; shape defaults to the target's."""
     _expect_counts("reshape", sources, target_shapes, 1, 1)
     (a,) = sources
     shape = _shape_param("reshape", params, "shape") or tuple(target_shapes[0])
@@ -136,9 +161,13 @@ def _reshape(sources: list[np.ndarray], target_shapes: list[Shape],
     return [a.reshape(shape)]
 
 
+@transform("split", params={"axis": "axis to split (default -1); sizes come from the targets"})
 def _split(sources: list[np.ndarray], target_shapes: list[Shape],
            params: dict[str, Any]) -> list[np.ndarray]:
-    """out_i = a[..., o_i : o_i + n_i, ...] along `axis` (default -1); n_i from target i's shape."""
+    """Split one array into the targets along an axis, like tf.split.
+
+    out_i = a[..., o_i : o_i + n_i, ...] along `axis` (default -1); n_i from target i's shape.
+    """
     _expect_counts("split", sources, target_shapes, 1, None)
     (a,) = sources
     axis = _axis("split", params, a.ndim)
@@ -152,9 +181,10 @@ def _split(sources: list[np.ndarray], target_shapes: list[Shape],
     return [np.ascontiguousarray(p) for p in np.split(a, np.cumsum(sizes)[:-1], axis=axis)]
 
 
+@transform("concat", params={"axis": "axis to join (default -1)"})
 def _concat(sources: list[np.ndarray], target_shapes: list[Shape],
             params: dict[str, Any]) -> list[np.ndarray]:
-    """out = np.concatenate(sources, axis) (like tf.concat); axis defaults to -1."""
+    """Concatenate the sources along an axis (default -1), like tf.concat."""
     _expect_counts("concat", sources, target_shapes, None, 1)
     ndim = sources[0].ndim
     axis = _axis("concat", params, ndim)
@@ -165,13 +195,15 @@ def _concat(sources: list[np.ndarray], target_shapes: list[Shape],
     return [np.concatenate(sources, axis=axis)]
 
 
+@transform("conv_to_dense")
 def _conv_to_dense(sources: list[np.ndarray], target_shapes: list[Shape],
                    params: dict[str, Any]) -> list[np.ndarray]:
-    """Conv kernel [kh, kw, in, out] -> Dense kernel [kh*kw*in, out] (row = (h*kw + w)*in + c).
+    """Conv kernel [kh,kw,in,out] used as FC -> Dense kernel after NHWC Flatten [kh*kw*in, out].
 
     A VALID conv whose kernel covers the whole NHWC map computes
     y[o] = sum_{h,w,c} x[h,w,c] K[h,w,c,o], and Keras `Flatten` of NHWC data orders x as (h, w, c),
-    so the Dense kernel is the C-order reshape. A 1x1 conv kernel becomes [in, out].
+    so the Dense kernel is the C-order reshape (row (h*kw + w)*in + c). A 1x1 conv kernel becomes
+    [in, out].
     """
     _expect_counts("conv_to_dense", sources, target_shapes, 1, 1)
     (k,) = sources
@@ -184,9 +216,10 @@ def _conv_to_dense(sources: list[np.ndarray], target_shapes: list[Shape],
     return [k.reshape(kh * kw * cin, cout)]
 
 
+@transform("attention_heads")
 def _attention_heads(sources: list[np.ndarray], target_shapes: list[Shape],
                      params: dict[str, Any]) -> list[np.ndarray]:
-    """2-D dense projection -> Keras MultiHeadAttention EinsumDense weight (C-order reshape).
+    """2-D q/k/v/output projection -> Keras MultiHeadAttention per-head shape (C-order reshape).
 
     query/key/value kernel [d, h*k] -> [d, h, k]; their bias [h*k] -> [h, k];
     output kernel [h*k, d] -> [h, k, d]; output bias [d] -> [d]. Head i owns the columns (rows for
@@ -238,9 +271,12 @@ def _lstm_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[
     }, "TF1 LSTMCell kernel [input + units, 4*units] and bias [4*units] for a Keras LSTM")
 
 
+@transform("lstm", sources=("kernel", "bias"), targets=("kernel", "recurrent_kernel", "bias"),
+           params={"forget_bias": "the cell's run-time forget bias, folded into the bias (default 1.0; read it "
+                                  "with lstm_forget_bias)"})
 def _lstm(sources: list[np.ndarray], target_shapes: list[Shape],
           params: dict[str, Any]) -> list[np.ndarray]:
-    """TF1 LSTMCell/BasicLSTMCell (kernel, bias) -> Keras LSTM (kernel, recurrent_kernel, bias).
+    """TF1 LSTMCell/BasicLSTMCell (i,j,f,o; forget_bias) -> Keras LSTM (i,f,c,o).
 
     TF1: [i, j, f, o] = [x, h] @ W + b; c' = s(f + forget_bias) * c + s(i) * tanh(j).
     Keras: [i, f, c, o] = x @ K + h @ R + b'; c' = s(f) * c + s(i) * tanh(c).
@@ -276,9 +312,11 @@ def _gru_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[i
     }, "TF1 GRUCell weights for a Keras GRU(reset_after=False)")
 
 
+@transform("gru", sources=("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias"),
+           targets=("kernel", "recurrent_kernel", "bias"))
 def _gru(sources: list[np.ndarray], target_shapes: list[Shape],
          params: dict[str, Any]) -> list[np.ndarray]:
-    """TF1 GRUCell -> Keras GRU(reset_after=False) (kernel, recurrent_kernel, bias).
+    """TF1 GRUCell (gates r,u + candidate) -> Keras GRU(reset_after=False) (z,r,h).
 
     TF1: [r, u] = s([x, h] @ G + g); c = tanh([x, r*h] @ C + b); h' = u*h + (1-u)*c.
     Keras: z, r = s(x @ K_z + h @ R_z + b_z), s(x @ K_r + h @ R_r + b_r);
@@ -295,38 +333,6 @@ def _gru(sources: list[np.ndarray], target_shapes: list[Shape],
             np.concatenate([u_b, r_b, cand_bias])]
 
 
-# --------------------------------------------------------------------------------------------
-# Registry
-
-
-def _register(*transforms: Transform) -> dict[str, Transform]:
-    return {t.name: t for t in transforms}
-
-
-TRANSFORMS: dict[str, Transform] = _register(
-    Transform("transpose", "np.transpose(a, perm), like tf.transpose", None, None,
-              {"perm": "permutation of the source's axes (default: reversed)"}, _transpose),
-    Transform("reshape", "C-order reshape, like tf.reshape", None, None,
-              {"shape": "new shape, one -1 allowed (default: the target's shape)"}, _reshape),
-    Transform("split", "split one array into the targets along an axis, like tf.split",
-              None, None, {"axis": "axis to split (default -1); sizes come from the targets"},
-              _split),
-    Transform("concat", "concatenate the sources along an axis, like tf.concat", None, None,
-              {"axis": "axis to join (default -1)"}, _concat),
-    Transform("lstm", "TF1 LSTMCell/BasicLSTMCell (i,j,f,o; forget_bias) -> Keras LSTM (i,f,c,o)",
-              ("kernel", "bias"), ("kernel", "recurrent_kernel", "bias"),
-              {"forget_bias": "the cell's run-time forget bias, folded into the bias (default "
-                              "1.0; read it with lstm_forget_bias)"}, _lstm),
-    Transform("gru", "TF1 GRUCell (gates r,u + candidate) -> Keras GRU(reset_after=False) (z,r,h)",
-              ("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias"),
-              ("kernel", "recurrent_kernel", "bias"), {}, _gru),
-    Transform("conv_to_dense", "conv kernel [kh,kw,in,out] used as FC -> Dense kernel after "
-              "NHWC Flatten [kh*kw*in, out]", None, None, {}, _conv_to_dense),
-    Transform("attention_heads", "2-D q/k/v/output projection -> Keras MultiHeadAttention "
-              "per-head shape", None, None, {}, _attention_heads),
-)
-
-
 def get_transform(name: str) -> Transform:
     """The registered transform `name`; the error lists the supported names."""
     try:
@@ -339,16 +345,16 @@ def get_transform(name: str) -> Transform:
 def run_transform(name: str, sources: Sequence[np.ndarray], target_shapes: Sequence[Sequence[int]],
                   params: dict[str, Any] | None = None) -> list[np.ndarray]:
     """Validate `params`, apply transform `name`, and check each output against its target shape."""
-    transform = get_transform(name)
+    chosen = get_transform(name)
     params = dict(params or {})
-    unknown = sorted(set(params) - set(transform.params))
+    unknown = sorted(set(params) - set(chosen.params))
     if unknown:
-        accepted = ", ".join(sorted(transform.params)) or "none"
+        accepted = ", ".join(sorted(chosen.params)) or "none"
         raise TransformError(f"transform {name!r}: unknown parameter(s) {', '.join(unknown)}; "
                              f"accepted: {accepted}")
     arrays = [np.asarray(a) for a in sources]
     shapes = [tuple(int(d) for d in s) for s in target_shapes]
-    outputs = transform.apply(arrays, shapes, params)
+    outputs = chosen.apply(arrays, shapes, params)
     if len(outputs) != len(shapes):
         raise _fail(name, arrays, shapes, f"{len(shapes)} outputs, got {len(outputs)}")
     for i, (out, shape) in enumerate(zip(outputs, shapes)):
