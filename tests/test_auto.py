@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_tf1_script, run_tf1_source
+from conftest import REPO, run_tf1_script
 from mlflow.tracking import MlflowClient
 
 from ferry.cli import main
@@ -27,71 +28,18 @@ from tasks.verify import verify_shard_records
 ZOO = ["linear", "mlp", "mnist_cnn", "resnet_bn", "text_lstm", "gru_seq", "transformer"]
 SLIM = ["slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2"]
 
-BUILDER = """
-import os, sys
-import numpy as np
-import tensorflow as tf
-tf.compat.v1.disable_v2_behavior()
-v1 = tf.compat.v1
-out = sys.argv[1]
-rng = np.random.RandomState(0)
-
-def save(name, graph, sess, inputs):
-    os.makedirs(f"{out}/{name}/shards")
-    v1.train.Saver().save(sess, f"{out}/{name}/model.ckpt")
-    for i in range(2):
-        np.savez(f"{out}/{name}/shards/shard-{i}.npz",
-                 **{k: rng.rand(*s).astype(np.float32) for k, s in inputs.items()})
-
-# A tf.compat.v1.layers CNN with batch norm and dropout behind an is_training switch (default False).
-g = tf.Graph()
-with g.as_default():
-    v1.set_random_seed(1)
-    x = v1.placeholder(tf.float32, [None, 16, 16, 3], name="images")
-    is_training = v1.placeholder_with_default(False, [], name="is_training")
-    h = v1.layers.conv2d(x, 8, 3, padding="same", use_bias=False)
-    h = tf.nn.relu(v1.layers.batch_normalization(h, training=is_training, epsilon=1e-4))
-    h = v1.layers.max_pooling2d(h, 2, 2)
-    h = tf.nn.relu6(v1.layers.separable_conv2d(h, 8, 3, padding="same"))  # depthwise + pointwise
-    h = v1.layers.dropout(h, 0.5, training=is_training)
-    h = v1.layers.flatten(h)
-    h = v1.layers.dense(h, 16, activation=tf.nn.leaky_relu)
-    h = v1.layers.dropout(h, 0.3, training=is_training)
-    probs = tf.nn.softmax(v1.layers.dense(h, 5), name="probs")
-    labels = v1.placeholder(tf.int64, [None], name="labels")
-    loss = v1.losses.sparse_softmax_cross_entropy(labels, probs)
-    with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
-        train = v1.train.AdamOptimizer(1e-2).minimize(loss, global_step=v1.train.get_or_create_global_step())
-    with v1.Session(graph=g) as sess:
-        sess.run(v1.global_variables_initializer())
-        for _ in range(3):
-            sess.run(train, {x: rng.rand(8, 16, 16, 3), labels: rng.randint(0, 5, 8), is_training: True})
-        save("layers_bn_dropout", g, sess, {"images": (8, 16, 16, 3)})
-
-# A graph with ops auto does not translate.
-g = tf.Graph()
-with g.as_default():
-    x = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
-    h = v1.layers.conv2d(x, 4, 3)
-    h = tf.nn.lrn(h)
-    h = tf.math.cumsum(h, axis=1)
-    h = tf.math.cumsum(h, axis=2)
-    y = tf.identity(tf.image.resize(h, [4, 4]), name="y")
-    with v1.Session(graph=g) as sess:
-        sess.run(v1.global_variables_initializer())
-        save("unsupported", g, sess, {"images": (2, 8, 8, 3)})
-"""
+OWN = ["layers_bn_dropout", "unsupported", "lstm_adagrad", "lstm_ftrl"]  # tests/tf1_builders/auto_graphs.py
 
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, zoo) -> dict[str, Path]:
-    """meta path per model: the example zoo, tf_slim's nets, and this module's own two graphs."""
+    """meta path per model: the example zoo, tf_slim's nets, and this module's own graphs."""
     out = tmp_path_factory.mktemp("auto")
-    run_tf1_source(BUILDER, out, str(out / "own"))
+    run_tf1_script(REPO / "tests" / "tf1_builders" / "auto_graphs.py", out / "own")
     run_tf1_script(REPO / "zoo" / "slim_nets.py", "--out", str(out / "slim"))
     metas = {name: zoo / name / "model.ckpt.meta" for name in ZOO}
     metas |= {name: out / "slim" / name / "model.ckpt.meta" for name in SLIM}
-    metas |= {name: out / "own" / name / "model.ckpt.meta" for name in ("layers_bn_dropout", "unsupported")}
+    metas |= {name: out / "own" / name / "model.ckpt.meta" for name in OWN}
     return metas
 
 
@@ -111,6 +59,7 @@ def auto_spec(spec_path: Path, tmp_path: Path):
     return load_spec(path)
 
 
+@pytest.mark.tf1
 @pytest.mark.parametrize("name", ZOO + SLIM + ["layers_bn_dropout"])
 def test_auto_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
     spec = auto_spec(draft(graphs[name], tmp_path, name), tmp_path)
@@ -127,6 +76,28 @@ def test_auto_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
                 assert out["max_rel_err"] <= 1e-4, out
 
 
+@pytest.mark.tf1
+@pytest.mark.parametrize("name, optimizer", [("lstm_adagrad", "Adagrad"), ("lstm_ftrl", "Ftrl")])
+def test_auto_converts_lstms_trained_with_adagrad_and_ftrl(graphs, tmp_path, name, optimizer):
+    """Their slots sit under the cell's scope (`rnn/lstm_cell/kernel/Adagrad`, `…/Ftrl_1`): optimizer state
+    that the name map skips, not extra weights of the cell."""
+    spec = auto_spec(draft(graphs[name], tmp_path, name), tmp_path)
+    assert (spec.verify.tolerance.atol, spec.verify.tolerance.rtol) == (1e-5, 1e-5)
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
+    [lstm] = [n for n in info["auto"]["architecture"]["graph"]["nodes"] if n.get("class") == "LSTM"]
+    assert lstm["name"] == "rnn.lstm_cell" and lstm["units"] == 16
+    restored = restore_weights(spec, info, inspected, WorkDir(tmp_path))
+    assert restored["coverage"]["model_weights"] == 1.0
+    table = json.loads(Path(restored["mapping"]).read_text())["table"]
+    skipped = {key for key, status in zip(table["key"], table["status"]) if status == "skipped"}
+    assert f"rnn/lstm_cell/kernel/{optimizer}" in skipped and f"embedding/{optimizer}" in skipped
+    for i, shard in enumerate(spec.shard_paths()):
+        record = verify_shard_records(spec, info, restored, shard, i)
+        assert record["passed"], record
+
+
+@pytest.mark.tf1
 def test_auto_layers_are_idiomatic_and_named_after_tf1_scopes(graphs, tmp_path):
     spec = auto_spec(draft(graphs["slim_resnet_v1"], tmp_path, "r"), tmp_path)
     inspected = inspect_graph(spec, WorkDir(tmp_path))
@@ -151,6 +122,7 @@ def test_auto_layers_are_idiomatic_and_named_after_tf1_scopes(graphs, tmp_path):
             "transform": {"lstm": {"forget_bias": 1.0}}} in info["auto"]["rules"]
 
 
+@pytest.mark.tf1
 def test_unsupported_ops_are_listed_with_one_node_each(graphs, tmp_path, capsys):
     meta = graphs["unsupported"]
     with pytest.raises(UnsupportedGraph) as err:
@@ -171,6 +143,8 @@ def test_unsupported_ops_are_listed_with_one_node_each(graphs, tmp_path, capsys)
     assert "every op between the guessed inputs and outputs translates" in capsys.readouterr().out
 
 
+@pytest.mark.tf1
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_drafted_specs_validate_and_migrate_unchanged(graphs, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "specs"
@@ -196,6 +170,7 @@ def test_drafted_specs_validate_and_migrate_unchanged(graphs, tmp_path, monkeypa
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_supported_op_list_is_in_the_readme():
     readme = (REPO / "README.md").read_text()
     missing = [op for op in SUPPORTED if f"`{op}`" not in readme]

@@ -1,0 +1,219 @@
+"""The translator: walks the inference graph from the outputs back and dispatches each op to the first
+fusion rooted at it that matches (`fusions.FUSIONS`), else to the handler registered for its type.
+
+Looked through or folded on the way (`FOLDED`): identities, variables and their reads, constants,
+placeholders (the spec's inputs) and control flow with a constant predicate (`Switch`/`Merge`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from ferry.facts import IDENTITY_OPS, VARIABLE_OPS
+from ferry.tf1.auto.fusions import FUSIONS
+from ferry.tf1.auto.registry import HANDLERS, Unsupported, layer_name
+
+MAX_CONST = 4096  # elements: larger constants cannot live in a spec
+# Op types never translated into a node of their own: looked through, folded, or the spec's inputs.
+FOLDED = IDENTITY_OPS | VARIABLE_OPS | frozenset(
+    {"ReadVariableOp", "Const", "Placeholder", "PlaceholderWithDefault", "Switch", "Merge"})
+
+
+class UnsupportedGraph(ValueError):
+    """Ops of the inference graph that `auto` cannot translate; one node named per op type."""
+
+    def __init__(self, found: dict[str, str], meta: str):
+        self.found = found
+        listed = "; ".join(f"{t} (e.g. {n})" for t, n in sorted(found.items()))
+        super().__init__(f"{meta}: `architecture: auto` cannot translate op types: {listed}. Write the model "
+                         "as `architecture: {factory: ...}` (or a `graph`) instead.")
+
+
+class Dead(Exception):
+    """A tensor on a control-flow branch never taken at inference."""
+
+
+@dataclass
+class Translation:
+    """The derived architecture: graph nodes, outputs, and the name-map rules binding every variable read."""
+
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    rules: list[dict[str, Any]] = field(default_factory=list)
+
+    def architecture(self) -> dict[str, Any]:
+        return {"graph": {"nodes": self.nodes, "outputs": self.outputs}}
+
+
+class Translator:
+    """Walks the inference graph from the outputs and emits graph-form nodes."""
+
+    def __init__(self, graph: tf.Graph, inputs: dict[str, str], meta: str):
+        self.graph, self.meta = graph, meta
+        self.inputs = {graph.get_tensor_by_name(t).op.name: name for name, t in inputs.items()}
+        self.out = Translation()
+        self.names: dict[str, str] = {}  # tensor name -> node name
+        self.unsupported: dict[str, str] = {}
+        self._alive: dict[str, bool] = {}
+
+    # -- looking through the graph ---------------------------------------------------------------
+
+    def static(self, tensor: tf.Tensor) -> np.ndarray | None:
+        """The tensor's value if it is a constant (through identities and placeholder defaults)."""
+        tensor = self.resolve(tensor)
+        if tensor.op.type == "PlaceholderWithDefault" and tensor.op.name not in self.inputs:
+            return self.static(tensor.op.inputs[0])
+        if tensor.op.type == "LogicalNot":
+            value = self.static(tensor.op.inputs[0])
+            return None if value is None else np.logical_not(value)
+        try:
+            return tf.get_static_value(tensor)
+        except (TypeError, ValueError):
+            return None
+
+    def resolve(self, tensor: tf.Tensor) -> tf.Tensor:
+        """Look through identities and constant-predicate control flow; raise Dead on an untaken branch."""
+        op = tensor.op
+        if op.type in IDENTITY_OPS:
+            return self.resolve(op.inputs[0])
+        if op.type == "Switch":
+            pred = self.static(op.inputs[1])
+            if pred is None:
+                raise Unsupported("Switch(non-constant predicate)", op.name)
+            if tensor.value_index != int(bool(pred)):
+                raise Dead(op.name)
+            return self.resolve(op.inputs[0])
+        if op.type == "Merge":
+            alive = [r for r in (self._live(t) for t in op.inputs) if r is not None]
+            if len(alive) != 1:
+                raise Unsupported(f"Merge({len(alive)} live inputs)", op.name)
+            return alive[0]
+        return tensor
+
+    def _live(self, tensor: tf.Tensor) -> tf.Tensor | None:
+        """`tensor` resolved, or None when it depends on an untaken branch."""
+        try:
+            resolved = self.resolve(tensor)
+        except Dead:
+            return None
+        if resolved.op.type in ("Merge", "Switch") or resolved.op.name in self.inputs:
+            return resolved
+        if resolved.op.name not in self._alive:
+            self._alive[resolved.op.name] = all(self._live(t) is not None for t in resolved.op.inputs)
+        return resolved if self._alive[resolved.op.name] else None
+
+    def variable(self, tensor: tf.Tensor) -> str | None:
+        """The variable a tensor reads, if any."""
+        op = self.resolve(tensor).op
+        if op.type in VARIABLE_OPS:
+            return op.name
+        if op.type == "ReadVariableOp" and op.inputs[0].op.type == "VarHandleOp":
+            return op.inputs[0].op.name
+        return None
+
+    def const(self, tensor: tf.Tensor, what: str) -> Any:
+        """The value of a constant operand (a list for arrays); Unsupported when not constant or too large."""
+        value = self.static(tensor)
+        if value is None:
+            raise Unsupported(f"non-constant {what}", tensor.op.name)
+        if np.size(value) > MAX_CONST:
+            raise Unsupported(f"constant of {np.size(value)} elements (max {MAX_CONST})", tensor.op.name)
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
+    # -- emitting ----------------------------------------------------------------------------------
+
+    def node(self, tensor: tf.Tensor) -> str:
+        """The graph node computing `tensor` (emitting it and its inputs first)."""
+        try:
+            tensor = self.resolve(tensor)
+        except Unsupported as exc:
+            self.unsupported.setdefault(exc.op_type, exc.node)
+            return layer_name(tensor.op.name)
+        if tensor.name in self.names:
+            return self.names[tensor.name]
+        op = tensor.op
+        if op.name in self.inputs:
+            name = self.inputs[op.name]
+        else:
+            try:
+                name = self._emit_named(op, tensor)
+            except Unsupported as exc:
+                self.unsupported.setdefault(exc.op_type, exc.node)
+                name = layer_name(op.name)
+                self.names[tensor.name] = name
+                for upstream in op.inputs:  # keep walking, so every unsupported op type is listed at once
+                    if self.variable(upstream) is None and self.static(upstream) is None:
+                        self.node(upstream)
+        self.names[tensor.name] = name
+        return name
+
+    def _emit_named(self, op: tf.Operation, tensor: tf.Tensor) -> str:
+        """`emit`, with any error a handler did not foresee reported against this node, never raw."""
+        try:
+            return self.emit(op, tensor)
+        except (Dead, Unsupported):
+            raise
+        except Exception as exc:
+            message = (str(exc).splitlines() or [""])[0][:200]
+            raise Unsupported(f"{op.type} ({type(exc).__name__}: {message})", op.name) from exc
+
+    def emit(self, op: tf.Operation, tensor: tf.Tensor) -> str:
+        """Translate `op`: the first fusion rooted at it that matches, else the handler of its type. Only
+        handlers that read variables get ops with an input reading one; an op without a handler is refused."""
+        for fusion in FUSIONS:
+            if fusion.root == op.type and (matched := fusion.match(self, op)) is not None:
+                return fusion.emit(self, op, matched)
+        handler = HANDLERS.get(op.type)
+        if not (handler and handler.reads_variables) and any(self.variable(i) for i in op.inputs):
+            raise Unsupported(op.type, op.name)
+        if handler is None:
+            raise Unsupported(op.type, op.name)
+        return handler.fn(self, op, tensor)
+
+    def add(self, name: str, inputs: list[str], **spec: Any) -> str:
+        """Append a node: name, `class` or `op`, inputs, then the arguments (defaults left out)."""
+        kind = {k: spec.pop(k) for k in ("class", "op") if k in spec}
+        if kind.get("class") in ("Conv2D", "DepthwiseConv2D"):  # Keras' defaults; pooling's differ
+            for key in ("strides", "dilation_rate"):
+                if spec.get(key) == [1, 1]:
+                    del spec[key]
+        self.out.nodes.append({"name": name, **kind, "inputs": inputs, **spec})
+        return name
+
+    def unique(self, name: str, var: str) -> str:
+        """`name`, or the variable's full path when the scope already named a layer (separable convs)."""
+        return layer_name(var) if any(n["name"] == name for n in self.out.nodes) else name
+
+    def bind(self, var: str, weight: str, transform: Any = None) -> None:
+        """An exact name-map rule: checkpoint variable `var` -> Keras weight path `weight`."""
+        rule = {"from": var, "to": weight, "match": "exact"}
+        if transform:
+            rule["transform"] = transform
+        self.out.rules.append(rule)
+
+
+def translate(graph: tf.Graph, inputs: dict[str, str], outputs: dict[str, str], meta: str) -> Translation:
+    """Translate the inference graph between `inputs` and `outputs` (serving name -> tensor name)."""
+    tr = Translator(graph, inputs, meta)
+    for serving, tensor in outputs.items():
+        tr.out.outputs[serving] = tr.node(graph.get_tensor_by_name(tensor))
+    if tr.unsupported:
+        raise UnsupportedGraph(tr.unsupported, meta)
+    taken = set(tr.inputs.values())
+    for node in tr.out.nodes:  # a node may not share a name with a spec input
+        if node["name"] in taken:
+            raise ValueError(f"{meta}: node {node['name']!r} clashes with an input name")
+    return tr.out
+
+
+def unsupported_ops(graph: tf.Graph, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, str]:
+    """Op types `auto` cannot translate (type -> one node name); empty when the graph converts."""
+    try:
+        translate(graph, inputs, outputs, "")
+    except UnsupportedGraph as exc:
+        return exc.found
+    return {}

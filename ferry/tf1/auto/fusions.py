@@ -1,0 +1,42 @@
+"""Patterns that need look-ahead, tried in this order before the handler of the op at their root: each
+turns several TF1 ops into one layer. A fusion whose `match` returns None leaves the op to its handler."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import tensorflow as tf
+
+from ferry.tf1.auto.nn import LINEAR, linear, tensordot
+from ferry.tf1.auto.registry import Fusion
+from ferry.tf1.auto.rnn import dynamic_rnn, rnn_output
+
+if TYPE_CHECKING:
+    from ferry.tf1.auto.core import Translator
+
+
+def _layer_under(tr: Translator, bias_add: tf.Operation) -> tf.Operation | None:
+    inner = tr.resolve(bias_add.inputs[0]).op
+    return inner if inner.type in LINEAR else None
+
+
+def _tensordot_under(tr: Translator, bias_add: tf.Operation) -> tuple[tf.Operation, tf.Tensor] | None:
+    return tensordot(tr, bias_add.inputs[0])
+
+
+def _layer_with_bias(tr: Translator, bias_add: tf.Operation, inner: tf.Operation) -> str:
+    return linear(tr, inner, bias=bias_add)
+
+
+def _dense_with_bias(tr: Translator, bias_add: tf.Operation, dot: tuple[tf.Operation, tf.Tensor]) -> str:
+    return linear(tr, dot[0], bias=bias_add, x=dot[1])
+
+
+FUSIONS: tuple[Fusion, ...] = (
+    # Conv2D / DepthwiseConv2dNative / MatMul, then BiasAdd: one layer with its bias.
+    Fusion("bias of a layer", "BiasAdd", LINEAR, _layer_under, _layer_with_bias),
+    # tf.layers.dense on rank > 2: BiasAdd(Reshape(MatMul(Reshape(x)))) -> one Dense applied to x.
+    Fusion("tensordot dense", "BiasAdd", frozenset({"Reshape", "MatMul"}), _tensordot_under, _dense_with_bias),
+    # dynamic_rnn: Transpose(TensorArrayGatherV3 after the while loop) -> one LSTM / GRU over all steps.
+    Fusion("dynamic_rnn", "Transpose", frozenset({"TensorArrayGatherV3"}), rnn_output, dynamic_rnn),
+)

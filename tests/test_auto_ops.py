@@ -1,0 +1,144 @@
+"""`auto`'s op registry: every registered op type has a handler, is tested numerically against the TF1
+op (tests/tf1_builders/auto_ops.py, one tiny graph per case, in its own process) and is listed in the
+README's table; and a new op is one decorated function."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from conftest import REPO, run_tf1_script
+
+from ferry.spec import ModelSpec
+from ferry.stages import WorkDir
+from ferry.tf1.auto import FOLDED, FUSIONS, HANDLERS, REGISTERED, SUPPORTED, handles, translate, unsupported_ops
+from ferry.tf1.inventory import SHAPE_TYPES
+from ferry.tf1.load import load_graph
+from tasks.inspect import inspect_graph
+from tasks.reconstruct import reconstruct
+from tasks.restore import restore_weights
+from tasks.verify import verify_shard_records
+
+BUILDER = REPO / "tests" / "tf1_builders" / "auto_ops.py"
+CASES = re.findall(r"^def case_(\w+)\(", BUILDER.read_text(), re.MULTILINE)  # the builder's cases, unimported
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> Path:
+    """The folder holding one model folder per case, written by the builder in its own process."""
+    out = tmp_path_factory.mktemp("auto_ops")
+    run_tf1_script(BUILDER, out)
+    return out
+
+
+def manifest(folder: Path) -> dict[str, dict[str, str]]:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def path_op_types(graph: tf.Graph, inputs: list[str], outputs: list[str]) -> set[str]:
+    """Op types on the data paths from `inputs` to `outputs` (tensor names): not through ops that read only
+    a shape, nor inside while loops (dynamic_rnn's loop is translated as a whole)."""
+    sources = [graph.get_tensor_by_name(t).op for t in inputs]
+    ahead, stack = {op.name for op in sources}, list(sources)
+    while stack:
+        op = stack.pop()
+        for user in (u for out in op.outputs for u in out.consumers()):
+            if user.name not in ahead and user.type not in SHAPE_TYPES:
+                ahead.add(user.name)
+                stack.append(user)
+    behind, stack = set(), [graph.get_tensor_by_name(t).op for t in outputs]
+    while stack:
+        op = stack.pop()
+        if op.name not in behind:
+            behind.add(op.name)
+            stack.extend(t.op for t in op.inputs)
+    loops, stack = set(), [op for op in graph.get_operations() if op.type == "Enter"]
+    while stack:
+        op = stack.pop()
+        if op.name not in loops:
+            loops.add(op.name)
+            if op.type != "Exit":
+                stack.extend(u for out in op.outputs for u in out.consumers())
+    return {graph.get_operation_by_name(name).type for name in (ahead & behind) - loops}
+
+
+@pytest.mark.unit
+def test_every_registered_op_type_has_its_translation():
+    fused = {t for f in FUSIONS for t in {f.root} | f.over}
+    assert REGISTERED == set(HANDLERS) | fused  # by construction: an op type is registered with its handler
+    assert all(callable(h.fn) for h in HANDLERS.values()) and all(callable(f.match) and callable(f.emit)
+                                                                   for f in FUSIONS)
+    assert set(SUPPORTED) == REGISTERED | FOLDED and not REGISTERED & FOLDED
+    with pytest.raises(ValueError, match="Relu is handled by unary already"):
+        handles("Relu")(lambda tr, op, tensor: "")
+
+
+@pytest.mark.tf1
+def test_the_cases_use_every_registered_op_type(cases):
+    assert sorted(p.name for p in cases.iterdir()) == sorted(CASES)
+    exercised = set()
+    for case in CASES:
+        found = manifest(cases / case)
+        graph = load_graph(cases / case / "model.ckpt.meta")
+        exercised |= path_op_types(graph, list(found["inputs"].values()), list(found["outputs"].values()))
+    assert not REGISTERED - exercised, f"no case in {BUILDER.name} uses {sorted(REGISTERED - exercised)}"
+
+
+@pytest.mark.tf1
+@pytest.mark.parametrize("case", CASES)
+def test_each_case_converts_and_matches_the_tf1_ops(cases, tmp_path, case):
+    folder = cases / case
+    found = manifest(folder)
+    spec = ModelSpec.model_validate({
+        "name": case, "source": {"meta": folder / "model.ckpt.meta", **found}, "architecture": "auto",
+        "name_map": {"skip": ["optimizer"]}, "export": {"dir": tmp_path / "export"},
+        "verify": {"shards": str(folder / "shards" / "*.npz"), "tolerance": {"atol": 1e-5, "rtol": 1e-5}}})
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    reconstructed = reconstruct(spec, inspected)
+    restored = restore_weights(spec, reconstructed, inspected, WorkDir(tmp_path))
+    assert restored["coverage"]["model_weights"] == 1.0
+    [shard] = spec.shard_paths()
+    record = verify_shard_records(spec, reconstructed, restored, shard, 0)
+    assert set(record["outputs"]) == set(found["outputs"])
+    failed = {name: out for name, out in record["outputs"].items() if not out["passed"]}
+    assert not failed, failed
+
+
+@pytest.mark.unit
+def test_the_readme_table_lists_exactly_the_registered_op_types():
+    section = (REPO / "README.md").read_text().split("### `architecture: auto` and `ferry draft-spec`")[1]
+    header = "| family | TF1 op types | Keras |"
+    assert header in section, f"README: the auto section has no table headed {header!r}"
+    lines = section.split(header)[1].strip().splitlines()[1:]  # below the |---| line
+    rows = [line.split("|")[1:3] for line in itertools.takewhile(lambda line: line.startswith("|"), lines)]
+    listed = {family.strip(): set(re.findall(r"`(\w+)`", types)) for family, types in rows}
+    folded = listed.pop("looked through or folded")
+    translated = set().union(*listed.values())
+    assert not REGISTERED - translated, f"README's auto table lacks {sorted(REGISTERED - translated)}"
+    assert not translated - REGISTERED, f"README's auto table lists unregistered {sorted(translated - REGISTERED)}"
+    assert folded == FOLDED, (sorted(folded - FOLDED), sorted(FOLDED - folded))
+
+
+@pytest.mark.unit
+def test_a_new_op_is_one_decorated_function():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        tf.identity(tf.math.cumsum(x, axis=1), name="y")
+    signature = ({"x": "x:0"}, {"y": "y:0"})
+    assert unsupported_ops(graph, *signature) == {"Cumsum": "Cumsum"}
+
+    @handles("Cumsum")
+    def cumsum(tr, op, tensor):
+        return tr.add("cumsum", [tr.node(op.inputs[0])], op="cumsum", axis=int(tr.const(op.inputs[1], "axis")))
+
+    try:
+        derived = translate(graph, *signature, "in memory")
+    finally:
+        del HANDLERS["Cumsum"]
+    assert derived.nodes == [{"name": "cumsum", "op": "cumsum", "inputs": ["x"], "axis": 1}]
+    assert derived.outputs == {"y": "cumsum"}
