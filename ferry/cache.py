@@ -55,12 +55,6 @@ def fingerprint(path: Path, memo_dir: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_files(prefix: Path) -> list[Path]:
-    """The files of a name-based checkpoint: `<prefix>.index` and its `<prefix>.data-*` shards."""
-    prefix = Path(prefix)
-    return sorted(prefix.parent.glob(f"{prefix.name}.index")) + sorted(prefix.parent.glob(f"{prefix.name}.data-*"))
-
-
 @lru_cache(maxsize=1)
 def build_id() -> str:
     """ferry's version plus a digest of its own code (every module under ferry/ and tasks/): new code, new keys."""

@@ -71,16 +71,14 @@ def cmd_relog(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Show what a `.meta` graph holds: inputs, outputs, variables, ops, training-only parts."""
-    from ferry.tf1.auto import unsupported_ops
-    from ferry.tf1.draft import guess_signature
-    from ferry.tf1.inventory import build_inventory
+    """Show what a TF1 artifact holds: inputs, outputs, variables, ops, training-only parts, `auto`."""
+    from ferry.tf1.draft import survey
     from ferry.tf1.inventory_text import format_inventory
-    from ferry.tf1.load import load_graph
 
-    inventory = build_inventory(Path(args.meta))
-    unsupported = unsupported_ops(load_graph(Path(args.meta)), *guess_signature(inventory))
-    inventory["auto"] = {"supported": not unsupported, "unsupported_ops": unsupported}
+    found = survey(Path(args.path))
+    inventory = {**found.inventory, "signature": {"inputs": found.inputs, "outputs": found.outputs,
+                                                  "declared": found.declared}}
+    inventory["auto"] = {"supported": found.translation is not None, "unsupported_ops": found.blockers}
     if args.json:
         print(json.dumps(inventory, indent=1))
         return 0
@@ -88,6 +86,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     auto = inventory["auto"]
     if auto["supported"]:
         print("\narchitecture: auto — every op between the guessed inputs and outputs translates")
+    elif not auto["unsupported_ops"]:
+        print("\narchitecture: auto — no inputs or outputs could be guessed; name them in the spec's source")
     else:
         print("\narchitecture: auto — unsupported op types (one node each); use `architecture: {factory: ...}`:")
         for op_type, node in sorted(auto["unsupported_ops"].items()):
@@ -96,11 +96,31 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_draft_spec(args: argparse.Namespace) -> int:
-    """Write an editable `graph`-form spec for a `.meta` graph."""
+    """Write an editable `graph`-form spec for a TF1 artifact."""
     from ferry.tf1.draft import write_draft
 
-    out = write_draft(Path(args.meta), Path(args.output), args.name, args.shards, args.force)
+    out = write_draft(Path(args.path), Path(args.output), args.name, args.shards, args.force)
     print(f"wrote {out}: confirm its inputs and outputs, then `ferry validate`")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Find every TF1 model under a folder, report on each, draft a spec per model and a catalogue."""
+    from ferry import scan
+    from ferry.prefect_api import ensure_api
+
+    root, out = Path(args.folder), Path(args.output)
+    if not root.is_dir():
+        raise FileNotFoundError(f"scan: {root} is not a folder")
+    if (out / "catalogue.yaml").exists() and not args.force:
+        raise FileExistsError(f"scan: {out / 'catalogue.yaml'} exists; pass --force to draft over it")
+    ensure_api()
+    rows = scan.main(root, out)
+    print(scan.table(rows))
+    drafted = [r for r in rows if r.get("spec")]
+    print(f"ferry: {len(rows)} models under {root}, {sum(bool(r.get('error')) for r in rows)} unreadable; "
+          f"{len(drafted)} specs drafted in {out} ({sum(r['auto'] for r in drafted)} with architecture: auto). "
+          f"Next: ferry validate {out / 'catalogue.yaml'}")
     return 0
 
 
@@ -132,17 +152,24 @@ def parser() -> argparse.ArgumentParser:
     rel.add_argument("--catalogue", default=DEFAULT_CATALOGUE, help="finds the project root (default: %(default)s)")
     rel.add_argument("--tracking-uri", help="the store to log into (default: MLFLOW_TRACKING_URI, else mlflow.db)")
     rel.set_defaults(func=cmd_relog)
-    ins = sub.add_parser("inspect", help="inventory of a TF1 .meta graph")
-    ins.add_argument("meta")
+    formats = "a .meta graph, a frozen .pb, a SavedModel folder or an Estimator model_dir"
+    ins = sub.add_parser("inspect", help=f"inventory of a TF1 artifact: {formats}")
+    ins.add_argument("path")
     ins.add_argument("--json", action="store_true", help="print the full inventory as JSON")
     ins.set_defaults(func=cmd_inspect)
-    draft = sub.add_parser("draft-spec", help="write a spec (graph form) derived from a TF1 .meta graph")
-    draft.add_argument("meta")
+    draft = sub.add_parser("draft-spec", help=f"write a spec (graph form) derived from a TF1 artifact: {formats}")
+    draft.add_argument("path")
     draft.add_argument("-o", "--output", required=True, help="spec file to write, e.g. specs/models/NAME.yaml")
     draft.add_argument("--name", help="model name (default: the output file's stem)")
-    draft.add_argument("--shards", help="verification shards glob (default: shards/*.npz beside the meta)")
+    draft.add_argument("--shards", help="verification shards glob (default: shards/*.npz beside the artifact)")
     draft.add_argument("--force", action="store_true", help="replace an existing file")
     draft.set_defaults(func=cmd_draft_spec)
+    scan = sub.add_parser("scan", help=f"find every TF1 model under a folder ({formats}) and draft a catalogue")
+    scan.add_argument("folder")
+    scan.add_argument("-o", "--output", default="specs/scanned", help="where the specs, catalogue.yaml and "
+                      "scan.json go (default: %(default)s)")
+    scan.add_argument("--force", action="store_true", help="draft over an earlier scan's catalogue")
+    scan.set_defaults(func=cmd_scan)
     return p
 
 

@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from ferry.shards import shard_problem
+from ferry.sources import FORMATS, latest_checkpoint
 from ferry.stages import STAGES
 
 
@@ -48,16 +58,29 @@ class _Strict(BaseModel):
 
 
 class Source(_Strict):
-    """The TF1 artifacts and the tensors that become the serving signature."""
+    """The TF1 artifact, in one of the formats of `ferry.sources` (exactly one of `meta`, `frozen_graph`,
+    `saved_model`, `estimator_dir`), and the tensors that become the serving signature."""
 
-    meta: Path
-    checkpoint: Path | None = Field(None, description="checkpoint prefix; default: meta without .meta")
-    inputs: dict[str, str] = Field(min_length=1, description="serving name -> TF1 tensor name")
-    outputs: dict[str, str] = Field(min_length=1, description="serving name -> TF1 tensor name")
+    meta: Path | None = Field(None, description="a .meta MetaGraphDef, with a name-based checkpoint")
+    frozen_graph: Path | None = Field(None, description="a frozen GraphDef (.pb): weights are constants")
+    saved_model: Path | None = Field(None, description="a TF1 SavedModel folder")
+    estimator_dir: Path | None = Field(None, description="an Estimator model_dir")
+    checkpoint: str | None = Field(None, description="meta: checkpoint prefix (default: meta without .meta); "
+                                   "estimator_dir: `latest` (default) or a checkpoint name such as model.ckpt-12000")
+    tag: str | None = Field(None, description="saved_model: the MetaGraph's tag (default serve)")
+    signature: str | None = Field(None, description="saved_model: the SignatureDef (default serving_default)")
+    inputs: dict[str, str] = Field(default_factory=dict, validate_default=True,
+                                   description="serving name -> TF1 tensor name")
+    outputs: dict[str, str] = Field(default_factory=dict, validate_default=True,
+                                    description="serving name -> TF1 tensor name")
 
     @field_validator("inputs", "outputs")
     @classmethod
-    def _tensor_names(cls, value: dict[str, str]) -> dict[str, str]:
+    def _tensor_names(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        named = [name for name in FORMATS if info.data.get(name) is not None]
+        if not value and len(named) == 1 and FORMATS[named[0]].needs_signature:
+            raise ValueError(f"Field required: a {named[0]} source names its serving {info.field_name} "
+                             "(serving name -> tensor name); only a saved_model has a signature of its own")
         for serving, tensor in value.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", serving):
                 raise ValueError(f"serving name {serving!r} must be an identifier")
@@ -65,11 +88,48 @@ class Source(_Strict):
                 raise ValueError(f"tensor name {tensor!r} for {serving!r} must look like 'op_name:0'")
         return value
 
+    @model_validator(mode="after")
+    def _one_format(self) -> Source:
+        named = [name for name in FORMATS if getattr(self, name) is not None]
+        if len(named) != 1:
+            raise ValueError(f"needs exactly one of {', '.join(f'`{n}`' for n in FORMATS)} (got {named or 'none'})")
+        for key, only in (("tag", "saved_model"), ("signature", "saved_model")):
+            if getattr(self, key) is not None and named[0] != only:
+                raise ValueError(f"`{key}` is for a {only} source, not {named[0]}")
+        if self.checkpoint is not None and named[0] not in ("meta", "estimator_dir"):
+            raise ValueError(f"`checkpoint` is for a meta or estimator_dir source, not {named[0]}")
+        return self
+
     @property
-    def checkpoint_prefix(self) -> Path:
-        if self.checkpoint is not None:
-            return self.checkpoint
-        return self.meta.with_suffix("") if self.meta.suffix == ".meta" else self.meta
+    def format(self) -> str:
+        """The format's name: meta, frozen_graph, saved_model or estimator_dir."""
+        return next(name for name in FORMATS if getattr(self, name) is not None)
+
+    @property
+    def artifact(self) -> Path:
+        """The file or folder the format's key names."""
+        return getattr(self, self.format)
+
+    @property
+    def checkpoint_prefix(self) -> Path | None:
+        """Where the weights are: a checkpoint prefix (None for a frozen graph, whose weights are in it)."""
+        if self.format == "meta":
+            if self.checkpoint is not None:
+                return Path(self.checkpoint)
+            return self.meta.with_suffix("") if self.meta.suffix == ".meta" else self.meta
+        if self.format == "saved_model":
+            return self.saved_model / "variables" / "variables"
+        if self.format == "estimator_dir":
+            return latest_checkpoint(self.estimator_dir, self.checkpoint)
+        return None
+
+    @property
+    def saved_model_tag(self) -> str:
+        return self.tag or "serve"
+
+    @property
+    def saved_model_signature(self) -> str:
+        return self.signature or "serving_default"
 
 
 class LayerSpec(BaseModel):
@@ -283,6 +343,8 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _outputs_consistent(self) -> ModelSpec:
+        if not self.source.outputs:  # a SavedModel's own signature, read at inspect
+            return self
         unknown = sorted(set(self.verify.outputs) - set(self.source.outputs))
         if unknown:
             raise ValueError(f"verify.outputs names {unknown} not in source.outputs {sorted(self.source.outputs)}")
@@ -294,6 +356,14 @@ class ModelSpec(_Strict):
 
     def shard_paths(self) -> list[Path]:
         return [Path(p) for p in sorted(glob.glob(self.verify.shards))]
+
+    def with_signature(self, inputs: dict[str, str], outputs: dict[str, str]) -> ModelSpec:
+        """This spec with the serving signature inspect resolved (a SavedModel's own, where the spec gave
+        none)."""
+        if self.source.inputs == inputs and self.source.outputs == outputs:
+            return self
+        source = self.source.model_copy(update={"inputs": inputs, "outputs": outputs})
+        return self.model_copy(update={"source": source})
 
 
 class Tracking(_Strict):
@@ -417,7 +487,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             part[key] = str((base / part[key]).resolve()) if not Path(part[key]).is_absolute() else part[key]
 
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for section, key in [("source", "meta"), ("source", "checkpoint"), ("verify", "shards"), ("export", "dir")]:
+    for key in FORMATS:
+        resolve("source", key)
+    source = data.get("source")
+    if isinstance(source, dict) and "estimator_dir" not in source:  # an Estimator's checkpoint is a name in it
+        resolve("source", "checkpoint")
+    for section, key in [("verify", "shards"), ("export", "dir")]:
         resolve(section, key)
     return data
 
@@ -439,19 +514,13 @@ def _check_factory(spec: ModelSpec, file: Path) -> list[Problem]:
 
 def _check_files(spec: ModelSpec, file: Path) -> list[Problem]:
     """Problems with files a spec points at: missing graph, checkpoint or shards."""
-    problems = []
     src = spec.source
-    if not src.meta.is_file():
-        problems.append(Problem(file=str(file), field="source.meta", message="file not found", value=str(src.meta)))
-    index = Path(str(src.checkpoint_prefix) + ".index")
-    if not index.is_file():
-        problems.append(Problem(file=str(file), field="source.checkpoint",
-                                message=f"no checkpoint index {index.name} beside this prefix",
-                                value=str(src.checkpoint_prefix)))
+    problems = [Problem(file=str(file), field=field, message=message, value=value)
+                for field, message, value in FORMATS[src.format].problems(src)]
     if not spec.shard_paths():
         problems.append(Problem(file=str(file), field="verify.shards", message="glob matches no file",
                                 value=spec.verify.shards))
-    for shard in spec.shard_paths():
+    for shard in spec.shard_paths() if src.inputs else []:  # a SavedModel's own inputs are read at inspect
         if problem := shard_problem(shard, list(src.inputs)):
             problems.append(Problem(file=str(file), field="verify.shards", message=problem, value=str(shard)))
     return problems

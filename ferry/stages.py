@@ -32,9 +32,12 @@ class InputSignature(TypedDict):
 
 
 class Inspected(TypedDict):
-    """inspect: the graph's inventory (`WorkDir.inventory`)."""
+    """inspect: the graph's inventory (`WorkDir.inventory`) and the serving signature (the spec's, or a
+    SavedModel's own: `ModelSpec.with_signature` gives later stages the spec with it)."""
 
     inventory: str
+    inputs: dict[str, str]  # serving name -> tensor
+    outputs: dict[str, str]
     files: Files
 
 
@@ -87,7 +90,7 @@ class Stage:
     name: str
     function: str  # `module:function`, called as function(spec, **inputs) in the model's process
     sections: tuple[str, ...]
-    reads: tuple[str, ...]  # kinds of files read: graph, checkpoint, factory, shard (see tasks/stages.py)
+    reads: tuple[str, ...]  # kinds of files read: graph, weights, factory, shard (see tasks/stages.py)
     timeout: float  # default seconds (run.timeouts.<stage>; verify: per shard)
 
 
@@ -95,11 +98,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("inspect", "tasks.inspect:inspect_graph", ("source",), ("graph",), 600),
     Stage("reconstruct", "tasks.reconstruct:reconstruct", ("source", "architecture"), ("graph", "factory"), 1800),
     Stage("restore", "tasks.restore:restore_weights", ("source", "architecture", "name_map"),
-          ("graph", "checkpoint", "factory"), 3600),
+          ("graph", "weights", "factory"), 3600),
     Stage("verify", "tasks.verify:verify_shard", ("source", "architecture", "verify"),
-          ("graph", "checkpoint", "factory", "shard"), 3600),
+          ("graph", "weights", "factory", "shard"), 3600),
     Stage("export", "tasks.export:export_savedmodel", ("source", "architecture", "verify", "export"),
-          ("graph", "checkpoint", "factory", "shard"), 3600),
+          ("graph", "weights", "factory", "shard"), 3600),
 )}
 STAGE_NAMES = tuple(STAGES)  # in order
 

@@ -206,7 +206,6 @@ def _migrate(spec: ModelSpec, settings: RunSettings, work: WorkDir, run: Run, re
     model = spec.name
     run.params(spec.model_dump(mode="json"))
     run.artifact(spec.spec_file, "spec")
-    _for_review(run, model, "datasets", log_datasets, spec)
     process = ModelProcess(model, settings.cpu_devices, settings.memory_limit_mb)
     stages = ModelRun(spec, work, process, settings.timeouts, force)
     exported, reconstructed, error = None, None, None
@@ -216,6 +215,9 @@ def _migrate(spec: ModelSpec, settings: RunSettings, work: WorkDir, run: Run, re
         with process, transaction(commit_mode=CommitMode.EAGER):
             with record.stage("inspect"):
                 inspected = stages.run("inspect", work=work)
+                # the serving signature from here on: the spec's, or a SavedModel's own
+                spec = stages.spec = spec.with_signature(inspected["inputs"], inspected["outputs"])
+                _for_review(run, model, "datasets", log_datasets, spec)
             with record.stage("reconstruct"):
                 reconstructed = stages.run("reconstruct", inspected=inspected)
                 run.metrics({"model.params": reconstructed["params"]})

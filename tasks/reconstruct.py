@@ -1,31 +1,27 @@
-"""Stage 2: build the Keras model from the spec, its input shapes taken from the TF1 placeholders."""
+"""Stage 2: build the Keras model from the spec, its input shapes taken from the TF1 graph's inputs."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from ferry.keras3.build import check_architecture, layer_names, model_from_info, weight_paths
 from ferry.spec import ModelSpec, SpecError
-from ferry.stages import Inspected, Reconstructed
+from ferry.stages import InputSignature, Inspected, Reconstructed
 from ferry.tf1.auto import translate
 from ferry.tf1.facts import graph_refs, resolve
 from ferry.tf1.load import load_graph
 
 
-def input_signature(spec: ModelSpec, inventory: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Serving input name -> {shape without batch, dtype}: the spec's shapes, else the placeholder's."""
-    placeholders = {p["tensor"]: p for p in inventory["placeholders"]}
+def input_signature(spec: ModelSpec) -> dict[str, InputSignature]:
+    """Serving input name -> {shape without batch, dtype}: the spec's shapes, else the fed tensor's (a
+    placeholder, or any tensor the graph is cut at, e.g. an Estimator's `IteratorGetNext:0`)."""
+    graph = load_graph(spec.source)
     overrides = (spec.architecture.input_shapes if spec.architecture != "auto" else None) or {}
-    signature = {}
-    for serving, tensor in spec.source.inputs.items():
-        placeholder = placeholders.get(tensor)
-        if placeholder is None:
-            raise ValueError(f"{spec.spec_file}: source.inputs.{serving}: {tensor!r} is not a placeholder of the "
-                             f"graph; placeholders: {sorted(placeholders)}")
-        shape = overrides.get(serving) or (placeholder["shape"] or [None])[1:]
-        signature[serving] = {"shape": list(shape), "dtype": placeholder["dtype"]}
+    signature: dict[str, InputSignature] = {}
+    for serving, name in spec.source.inputs.items():
+        tensor = graph.get_tensor_by_name(name)
+        shape = overrides.get(serving) or (tensor.shape.as_list() if tensor.shape.rank else [None])[1:]
+        signature[serving] = {"shape": list(shape), "dtype": tensor.dtype.base_dtype.name}
     return signature
 
 
@@ -44,7 +40,7 @@ def graph_values(spec: ModelSpec) -> dict[str, dict[str, Any]]:
     named = [item for item in named if graph_refs(item[2])]
     if not named:
         return {}
-    graph = load_graph(spec.source.meta)
+    graph = load_graph(spec.source)
     return {name: resolve(graph, config, f"{spec.spec_file}: {where}") for where, name, config in named}
 
 
@@ -53,11 +49,10 @@ def reconstruct(spec: ModelSpec, inspected: Inspected) -> Reconstructed:
     problems = check_architecture(spec)  # what `ferry validate` says, as it says it
     if problems:
         raise SpecError(problems)
-    inventory = json.loads(Path(inspected["inventory"]).read_text())
-    info: dict[str, Any] = {"inputs": input_signature(spec, inventory), "graph_values": graph_values(spec)}
+    info: dict[str, Any] = {"inputs": input_signature(spec), "graph_values": graph_values(spec)}
     if spec.architecture == "auto":
-        derived = translate(load_graph(spec.source.meta), spec.source.inputs, spec.source.outputs,
-                            str(spec.source.meta))
+        derived = translate(load_graph(spec.source), spec.source.inputs, spec.source.outputs,
+                            str(spec.source.artifact))
         info["auto"] = {"architecture": derived.architecture(), "rules": derived.rules}
     model = model_from_info(spec, info)
     weights = {path: {"shape": list(w.shape), "dtype": w.dtype} for path, w in weight_paths(model).items()}

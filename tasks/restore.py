@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from ferry.cache import fingerprint
 from ferry.facts import PARTITION
@@ -18,20 +17,16 @@ from ferry.mapping.transforms import TransformError, run_transform
 from ferry.spec import ModelSpec
 from ferry.stages import Inspected, Reconstructed, Restored, WorkDir
 from ferry.tf1.facts import graph_refs, resolve
+from ferry.tf1.formats import READERS, FormatError, WeightStore
 from ferry.tf1.load import load_graph
 
-# Bookkeeping keys TF writes into checkpoints; never model state.
-METADATA_KEYS = {"_CHECKPOINTABLE_OBJECT_GRAPH"}
 
-
-def checkpoint_tensors(reader, variables: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """Checkpoint keys with shapes and dtypes, in the order of the graph's `variables` (the inventory's)."""
-    shapes = reader.get_variable_to_shape_map()
-    dtypes = reader.get_variable_to_dtype_map()
-    order = [v["name"] for v in variables]
-    rank = {name: i for i, name in enumerate(order)}
-    keys = sorted((k for k in shapes if k not in METADATA_KEYS), key=lambda k: (rank.get(k, len(rank)), k))
-    return {k: Tensor(tuple(shapes[k]), dtypes[k].name) for k in keys}
+def checkpoint_tensors(store: WeightStore, variables: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """The stored weights (checkpoint keys, or a frozen graph's constants) with shapes and dtypes, in the
+    order of the graph's `variables` (the inventory's)."""
+    entries = store.entries()
+    rank = {v["name"]: i for i, v in enumerate(variables)}
+    return {k: entries[k] for k in sorted(entries, key=lambda k: (rank.get(k, len(rank)), k))}
 
 
 def transform_params(spec: ModelSpec) -> dict[int, dict[str, Any]]:
@@ -39,18 +34,17 @@ def transform_params(spec: ModelSpec) -> dict[int, dict[str, Any]]:
     rules = {i: r for i, r in enumerate(spec.name_map.rules) if graph_refs(r.transform_params)}
     if not rules:
         return {}
-    graph = load_graph(spec.source.meta)
+    graph = load_graph(spec.source)
     return {i: {**r.transform_params, **resolve(graph, r.transform_params,
                                                 f"{spec.spec_file}: name_map.rules[{i}].transform")}
             for i, r in rules.items()}
 
 
-def _read(reader, entry: CheckpointEntry, prefix: Path) -> np.ndarray:
+def _read(store: WeightStore, entry: CheckpointEntry) -> np.ndarray:
     try:
-        parts = [reader.get_tensor(key) for key in entry.read]
-    except (tf.errors.OpError, IndexError, ValueError) as exc:  # a short read comes back as IndexError
-        raise RestoreError(f"checkpoint {prefix}: cannot read {entry.name!r}: {str(exc).splitlines()[0]}: its "
-                           ".data file is truncated or corrupt (copy the checkpoint again)") from None
+        parts = [store.read(key) for key in entry.read]
+    except FormatError as exc:
+        raise RestoreError(str(exc)) from None
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
@@ -71,19 +65,19 @@ def check_belongs(checkpoint: dict[str, Tensor], variables: list[dict[str, Any]]
         missing = [v["name"] for v in variables if not found(v)]
         raise RestoreError(
             f"{spec.spec_file}: source.checkpoint: {spec.source.checkpoint_prefix} does not belong to the graph "
-            f"{spec.source.meta.name}: only {len(present)} of its {len(variables)} variables are in it with the "
+            f"{spec.source.artifact.name}: only {len(present)} of its {len(variables)} variables are in it with the "
             f"same name and shape (missing e.g. {', '.join(missing[:3])}). Point source.checkpoint at this "
             "graph's checkpoint.")
 
 
-def execute(plan: MappingPlan, reader, weights: dict[str, Any], prefix: Path) -> list[str]:
+def execute(plan: MappingPlan, store: WeightStore, weights: dict[str, Any]) -> list[str]:
     """Assign every planned step; return the errors of steps whose transform refused its inputs.
 
     The weights are only saved when no step of the plan failed, so a partial assignment never leaves
     this stage."""
     errors = []
     for step in plan.assignments:
-        arrays = [_read(reader, s, prefix) for s in step.sources]
+        arrays = [_read(store, s) for s in step.sources]
         shapes = [tuple(weights[t].shape) for t in step.targets]
         try:
             values = run_transform(step.transform, arrays, shapes, step.params) if step.transform else arrays
@@ -106,13 +100,11 @@ def _counted(errors: list[str]) -> list[str]:
 def restore_weights(spec: ModelSpec, reconstructed: Reconstructed, inspected: Inspected, work: WorkDir) -> Restored:
     """Assign checkpoint values to the Keras weights; write the mapping report and the restored weights."""
     variables = json.loads(Path(inspected["inventory"]).read_text())["variables"]
-    prefix = spec.source.checkpoint_prefix
     try:
-        reader = tf.train.load_checkpoint(str(prefix))
-    except (tf.errors.OpError, ValueError) as exc:
-        raise RestoreError(f"{spec.spec_file}: source.checkpoint: cannot open {prefix}: "
-                           f"{str(exc).splitlines()[0]}") from None
-    checkpoint = checkpoint_tensors(reader, variables)
+        store = READERS[spec.source.format].weights(spec.source, load_graph(spec.source))
+    except FormatError as exc:
+        raise RestoreError(f"{spec.spec_file}: source: {exc}") from None
+    checkpoint = checkpoint_tensors(store, variables)
     check_belongs(checkpoint, variables, spec)
     model = model_from_info(spec, reconstructed)
     spec = resolved(spec, reconstructed)  # `auto`: the rules derived from the graph
@@ -122,7 +114,7 @@ def restore_weights(spec: ModelSpec, reconstructed: Reconstructed, inspected: In
     if not spec.name_map.rules and plan.errors:
         plan.errors.append("the name map has no rules: add e.g. `rules: [{from: '(.*)'}]` to map every "
                            "checkpoint key onto the model weight of the same path")
-    plan.errors += execute(plan, reader, weights, prefix)  # transforms check their inputs: report those errors too
+    plan.errors += execute(plan, store, weights)  # transforms check their inputs: report those errors too
 
     report = {"coverage": plan.coverage, "errors": plan.errors, "suggestions": plan.suggestions,
               "table": plan.table()}

@@ -18,8 +18,9 @@ from prefect import task
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from ferry.cache import checkpoint_files, fingerprint, stage_key
+from ferry.cache import fingerprint, stage_key
 from ferry.isolation import ModelProcess
+from ferry.sources import FORMATS
 from ferry.spec import ModelSpec, StageTimeouts
 from ferry.stages import STAGES, WorkDir
 
@@ -34,8 +35,8 @@ def factory_files(spec: ModelSpec) -> list[Path]:
 
 # The files behind each kind a stage declares it reads (`Stage.reads`), from the spec and its inputs.
 READS = {
-    "graph": lambda spec, inputs: [spec.source.meta],
-    "checkpoint": lambda spec, inputs: checkpoint_files(spec.source.checkpoint_prefix),
+    "graph": lambda spec, inputs: FORMATS[spec.source.format].graph_files(spec.source),
+    "weights": lambda spec, inputs: FORMATS[spec.source.format].weight_files(spec.source),
     "factory": lambda spec, inputs: factory_files(spec),
     "shard": lambda spec, inputs: [Path(inputs["shard"])],
 }

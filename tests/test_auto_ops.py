@@ -23,15 +23,17 @@ from tasks.reconstruct import reconstruct
 from tasks.restore import restore_weights
 from tasks.verify import verify_shard_records
 
-BUILDER = REPO / "tests" / "tf1_builders" / "auto_ops.py"
-CASES = re.findall(r"^def case_(\w+)\(", BUILDER.read_text(), re.MULTILINE)  # the builder's cases, unimported
+# The op cases, by family, one builder module each (`auto_ops*.py`); a case is `<module>/<case>`.
+BUILDERS = sorted((REPO / "tests" / "tf1_builders").glob("auto_ops*.py"))
+CASES = [f"{b.stem}/{c}" for b in BUILDERS for c in re.findall(r"^def case_(\w+)\(", b.read_text(), re.MULTILINE)]
 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> Path:
-    """The folder holding one model folder per case, written by the builder in its own process."""
+    """The folder holding one model folder per case (`<module>/<case>`), each builder in its own process."""
     out = tmp_path_factory.mktemp("auto_ops")
-    run_tf1_script(BUILDER, out)
+    for builder in BUILDERS:
+        run_tf1_script(builder, out / builder.stem)
     return out
 
 
@@ -79,13 +81,14 @@ def test_every_registered_op_type_has_its_translation():
 
 @pytest.mark.tf1
 def test_the_cases_use_every_registered_op_type(cases):
-    assert sorted(p.name for p in cases.iterdir()) == sorted(CASES)
+    assert sorted(f"{b.name}/{p.name}" for b in cases.iterdir() for p in b.iterdir()) == sorted(CASES)
     exercised = set()
     for case in CASES:
         found = manifest(cases / case)
         graph = load_graph(cases / case / "model.ckpt.meta")
         exercised |= path_op_types(graph, list(found["inputs"].values()), list(found["outputs"].values()))
-    assert not REGISTERED - exercised, f"no case in {BUILDER.name} uses {sorted(REGISTERED - exercised)}"
+    missing = sorted(REGISTERED - exercised)
+    assert not missing, f"no case in tests/tf1_builders/auto_ops*.py uses {missing}"
 
 
 @pytest.mark.tf1
@@ -94,7 +97,7 @@ def test_each_case_converts_and_matches_the_tf1_ops(cases, tmp_path, case):
     folder = cases / case
     found = manifest(folder)
     spec = ModelSpec.model_validate({
-        "name": case, "source": {"meta": folder / "model.ckpt.meta", **found}, "architecture": "auto",
+        "name": case.replace("/", "."), "source": {"meta": folder / "model.ckpt.meta", **found}, "architecture": "auto",
         "name_map": {"skip": ["optimizer"]}, "export": {"dir": tmp_path / "export"},
         "verify": {"shards": str(folder / "shards" / "*.npz"), "tolerance": {"atol": 1e-5, "rtol": 1e-5}}})
     inspected = inspect_graph(spec, WorkDir(tmp_path))

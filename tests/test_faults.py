@@ -116,6 +116,26 @@ def a_file(spec: dict, folder: Path) -> None:
     spec["export"]["dir"] = str(folder / "model.out")
 
 
+def source(**fields) -> Callable[[dict, Path], None]:
+    """A case whose source is another format (paths relative to the spec, as users write them)."""
+    def change(spec: dict, folder: Path) -> None:
+        spec["source"] = {k: v(folder) if callable(v) else v for k, v in fields.items()}
+    return change
+
+
+def estimator_without_state(folder: Path) -> str:
+    """A copy of the example Estimator model_dir without its `checkpoint` state file."""
+    shutil.copytree(folder.parent.parent / "zoo" / "estimator_dnn" / "model_dir", folder / "model_dir")
+    (folder / "model_dir" / "checkpoint").unlink()
+    return str(folder / "model_dir")
+
+
+def truncated_pb(folder: Path) -> str:
+    data = (folder.parent.parent / "zoo" / "frozen_cnn" / "frozen.pb").read_bytes()
+    (folder / "frozen.pb").write_bytes(data[: len(data) // 3])
+    return str(folder / "frozen.pb")
+
+
 def export_dir(name: str) -> Callable[[dict, Path], None]:
     def change(spec: dict, folder: Path) -> None:
         spec["export"]["dir"] = f"../../exports/{name}"
@@ -173,6 +193,38 @@ CASES: dict[str, Case] = {
                                                                    {"from": "dense/bias"})),
     "strict_unassigned": Case("restore", "strict name map: 1 of 2 model weights unassigned",
                               rules({"from": "dense/kernel"})),
+    # the other formats
+    "saved_model_without_the_tag": Case("inspect", "no MetaGraph tagged 'train' (source.tag); tag sets present: "
+                                        "[['serve']]", source(saved_model="../../zoo/savedmodel_mlp/savedmodel",
+                                                              tag="train")),
+    "saved_model_without_the_signature": Case(
+        "inspect", "no signature 'predict' (source.signature) under tag 'serve'; signatures present: "
+        "['serving_default']", source(saved_model="../../zoo/savedmodel_mlp/savedmodel", signature="predict")),
+    "saved_model_folder_without_the_model": Case("spec", "no saved_model.pb in the folder (it holds ",
+                                                 source(saved_model="../../zoo/savedmodel_mlp/savedmodel/variables")),
+    "frozen_graph_without_the_output": Case("inspect", "source.outputs.y: no op 'nope' in the graph's inference part",
+                                            source(frozen_graph="../../zoo/frozen_cnn/frozen.pb",
+                                                   inputs={"x": "images:0"}, outputs={"y": "nope:0"})),
+    "frozen_graph_truncated": Case("inspect", "frozen.pb is not a GraphDef (.pb) file (truncated or another format)",
+                                   source(frozen_graph=truncated_pb, inputs={"x": "images:0"},
+                                          outputs={"y": "probs:0"})),
+    "estimator_dir_without_a_checkpoint": Case(
+        "spec", "no `checkpoint` state file in ", source(estimator_dir=estimator_without_state,
+                                                          inputs={"x": "IteratorGetNext:0"},
+                                                          outputs={"y": "dnn/logits/BiasAdd:0"})),
+    "estimator_dir_without_that_checkpoint": Case(
+        "spec", "no checkpoint 'model.ckpt-7' in ", source(estimator_dir="../../zoo/estimator_dnn/model_dir",
+                                                           checkpoint="model.ckpt-7", inputs={"x": "IteratorGetNext:0"},
+                                                           outputs={"y": "dnn/logits/BiasAdd:0"})),
+    "two_formats_at_once": Case("spec", "source: needs exactly one of `meta`, `frozen_graph`, `saved_model`, "
+                                "`estimator_dir` (got ['meta', 'frozen_graph'])",
+                                source(meta="../../zoo/linear/model.ckpt.meta",
+                                       frozen_graph="../../zoo/frozen_cnn/frozen.pb",
+                                       inputs={"x": "x:0"}, outputs={"y": "y:0"})),
+    "frozen_graph_without_inputs": Case("spec", "source.inputs: Field required: a frozen_graph source names its "
+                                        "serving inputs",
+                                        source(frozen_graph="../../zoo/frozen_cnn/frozen.pb",
+                                               outputs={"y": "probs:0"})),
     # the export folder
     "export_into_users_folder": Case("export", "export.dir: ", users_folder),
     "export_onto_a_file": Case("export", "is a file, not a folder", a_file),

@@ -18,9 +18,10 @@ from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
 
 import ferry
-from ferry.cache import checkpoint_files, fingerprint
+from ferry.cache import fingerprint
 from ferry.review.registry import ALIAS, MODEL_NAME, load_migrated, register_migrated
 from ferry.shards import load_shard
+from ferry.sources import checkpoint_files
 from ferry.spec import load_catalogue
 from ferry.stages import WorkDir
 from ferry.tf1.session import run_tf1

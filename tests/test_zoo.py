@@ -14,7 +14,17 @@ import tensorflow as tf
 import ferry  # noqa: F401  (sets TF env defaults before TensorFlow is imported)
 
 BUILD = Path(__file__).resolve().parents[1] / "zoo" / "build.py"
-MODELS = ("linear", "mlp", "mnist_cnn", "resnet_bn", "text_lstm", "gru_seq", "transformer")
+MODELS = ("linear", "mlp", "mnist_cnn", "resnet_bn", "text_lstm", "gru_seq", "transformer")  # .meta + checkpoint
+# The other formats a fleet holds, each written by its own TF1 API: a frozen GraphDef, a TF1 SavedModel
+# (simple_save), an Estimator model_dir (graph.pbtxt, a Saver with global_step, the `checkpoint` state file).
+FORMAT_FILES = {
+    "frozen_cnn": ["frozen.pb"],
+    "savedmodel_mlp": ["savedmodel/saved_model.pb", "savedmodel/variables/variables.data-00000-of-00001",
+                       "savedmodel/variables/variables.index"],
+    "estimator_dnn": ["model_dir/checkpoint", "model_dir/graph.pbtxt",
+                      *[f"model_dir/model.ckpt-{n}.{ext}" for n in (10, 5)
+                        for ext in ("data-00000-of-00001", "index", "meta")]],
+}
 NEW_MODELS = ("resnet_bn", "text_lstm", "gru_seq", "transformer")
 TRAIN_STEPS = {name: 5 for name in MODELS} | {"linear": 20, "mlp": 10}
 MOMENTUM = ("linear", "gru_seq")  # the others train with Adam
@@ -154,7 +164,10 @@ def zoo(tmp_path_factory) -> Path:
 
 
 def test_layout(zoo: Path):
-    assert sorted(p.name for p in zoo.iterdir()) == sorted(MODELS)  # no .tmp- leftovers
+    assert sorted(p.name for p in zoo.iterdir()) == sorted([*MODELS, *FORMAT_FILES])  # no .tmp- leftovers
+    for name, artifact in FORMAT_FILES.items():
+        files = sorted(str(p.relative_to(zoo / name)) for p in (zoo / name).rglob("*") if p.is_file())
+        assert files == sorted(["manifest.json", *artifact, *[f"shards/shard-{i:03d}.npz" for i in range(4)]])
     for name in MODELS:
         files = sorted(str(p.relative_to(zoo / name)) for p in (zoo / name).rglob("*") if p.is_file())
         assert files == [
@@ -310,7 +323,7 @@ def test_second_run_leaves_files_untouched(zoo: Path):
     before = file_stamps(zoo)
     result = run_build("--out", str(zoo))
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("skipped") == len(MODELS)
+    assert result.stdout.count("skipped") == len(MODELS) + len(FORMAT_FILES)
     assert file_stamps(zoo) == before
 
 

@@ -60,11 +60,14 @@ Feed = dict  # feed_dict: placeholder tensor -> numpy array
 class Built:
     """What a model builder returns; the graph it built is the default graph."""
 
-    inputs: dict[str, tf.Tensor]  # placeholder name -> placeholder (serving inputs only)
-    outputs: dict[str, tf.Tensor]  # output name -> tensor
+    inputs: dict[str, tf.Tensor]  # serving name -> the tensor fed (a placeholder, or an iterator's output)
+    outputs: dict[str, tf.Tensor]  # serving name -> tensor
     train_op: tf.Operation
     train_feeds: list[Feed]  # one feed_dict per training step
     shard: Callable[[np.random.RandomState], dict[str, np.ndarray]]  # one verification shard
+    # How the trained model is saved (default: a `.meta` graph and a name-based checkpoint, `model.ckpt`);
+    # returns what the manifest records about the artifact.
+    save: Callable[[v1.Session, Path, Built], dict] | None = None
 
 
 def build_linear(rng: np.random.RandomState) -> Built:
@@ -333,6 +336,105 @@ def build_transformer(rng: np.random.RandomState) -> Built:
     )
 
 
+def _save_frozen(sess: v1.Session, folder: Path, built: Built) -> dict:
+    """The trained graph frozen: variables become `Const` nodes of the same names (`frozen.pb`)."""
+    outputs = [t.op.name for t in built.outputs.values()]
+    frozen = v1.graph_util.convert_variables_to_constants(sess, sess.graph.as_graph_def(), outputs)
+    frozen = v1.graph_util.extract_sub_graph(frozen, outputs)  # the inference graph only, as people shipped it
+    (folder / "frozen.pb").write_bytes(frozen.SerializeToString())
+    return {"format": "frozen_graph", "artifact": "frozen.pb",
+            "variables": sum(n.op == "Const" and n.name.endswith(("kernel", "bias", "gamma", "beta", "moving_mean",
+                                                                 "moving_variance")) for n in frozen.node)}
+
+
+def build_frozen_cnn(rng: np.random.RandomState) -> Built:
+    """Conv + batch norm + relu, max-pool, conv, global mean, dense 5, softmax on 16x16x3; Adam, 5 steps;
+    shipped as a frozen GraphDef (no checkpoint)."""
+    images = v1.placeholder(tf.float32, [None, 16, 16, 3], name="images")
+    labels = v1.placeholder(tf.int64, [None], name="labels")
+    h = v1.layers.conv2d(images, 8, 3, padding="same", use_bias=False, name="conv1")
+    h = tf.nn.relu(v1.layers.batch_normalization(h, training=False, epsilon=1e-3, name="bn1"))
+    h = v1.layers.max_pooling2d(h, 2, 2)
+    h = v1.layers.conv2d(h, 16, 3, activation=tf.nn.relu, name="conv2")
+    logits = v1.layers.dense(tf.reduce_mean(h, axis=[1, 2]), 5, name="logits")
+    probs = tf.nn.softmax(logits, name="probs")
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    train_op = v1.train.AdamOptimizer(1e-2).minimize(loss, global_step=v1.train.get_or_create_global_step())
+    feeds = [{images: rng.uniform(size=(8, 16, 16, 3)).astype(np.float32), labels: rng.randint(0, 5, size=8)}
+             for _ in range(5)]
+    return Built(inputs={"images": images}, outputs={"probs": probs}, train_op=train_op, train_feeds=feeds,
+                 shard=lambda r: {"images": r.uniform(size=(16, 16, 16, 3)).astype(np.float32)}, save=_save_frozen)
+
+
+SAVEDMODEL_DIR = "savedmodel"
+
+
+def _save_savedmodel(sess: v1.Session, folder: Path, built: Built) -> dict:
+    """A TF1 SavedModel (`simple_save`: tag `serve`, signature `serving_default`) whose signature keys are
+    not the tensor names: consumers call `pixels` and get `scores` and `classes`."""
+    graph = sess.graph
+    outputs = {"scores": built.outputs["scores"], "classes": built.outputs["classes"]}
+    v1.saved_model.simple_save(sess, str(folder / SAVEDMODEL_DIR), inputs={"pixels": graph.get_tensor_by_name("x:0")},
+                               outputs=outputs)
+    variables = tf.train.list_variables(str(folder / SAVEDMODEL_DIR / "variables" / "variables"))
+    return {"format": "saved_model", "artifact": SAVEDMODEL_DIR, "variables": len(variables)}
+
+
+def build_savedmodel_mlp(rng: np.random.RandomState) -> Built:
+    """64-32-4 MLP (relu, softmax) and its argmax, exported as a TF1 SavedModel with `simple_save`; Adam, 5
+    steps. Served as `pixels` -> `scores`, `classes` (the tensors are `x`, `scores`, `classes`)."""
+    x = v1.placeholder(tf.float32, [None, 64], name="x")
+    labels = v1.placeholder(tf.int64, [None], name="labels")
+    h = v1.layers.dense(x, 32, activation=tf.nn.relu, name="hidden")
+    logits = v1.layers.dense(h, 4, name="out")
+    scores = tf.nn.softmax(logits, name="scores")
+    classes = tf.argmax(scores, axis=1, name="classes")
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    train_op = v1.train.AdamOptimizer(1e-2).minimize(loss, global_step=v1.train.get_or_create_global_step())
+    feeds = [{x: rng.normal(size=(16, 64)).astype(np.float32), labels: rng.randint(0, 4, size=16)} for _ in range(5)]
+    return Built(inputs={"pixels": x}, outputs={"scores": scores, "classes": classes}, train_op=train_op,
+                 train_feeds=feeds, shard=lambda r: {"pixels": r.normal(size=(32, 64)).astype(np.float32)},
+                 save=_save_savedmodel)
+
+
+ESTIMATOR_STEPS = (5, 10)  # checkpoints an Estimator model_dir keeps: model.ckpt-5, model.ckpt-10 (latest)
+
+
+def build_estimator_dnn(rng: np.random.RandomState) -> Built:
+    """A DNN regressor as an Estimator wrote it: fed from a `tf.data` iterator (`IteratorGetNext`), two
+    dense layers and a head; Adagrad, 10 steps. See `_save_estimator_dir`."""
+    data = tf.data.Dataset.from_tensor_slices((rng.normal(size=(80, 8)).astype(np.float32),
+                                               rng.normal(size=(80, 1)).astype(np.float32)))
+    features, targets = v1.data.make_one_shot_iterator(data.repeat().batch(8)).get_next()
+    with v1.variable_scope("dnn"):
+        h = v1.layers.dense(features, 16, activation=tf.nn.relu, name="hiddenlayer_0")
+        h = v1.layers.dense(h, 8, activation=tf.nn.relu, name="hiddenlayer_1")
+        predictions = v1.layers.dense(h, 1, name="logits")
+    loss = v1.losses.mean_squared_error(targets, predictions)
+    train_op = v1.train.AdagradOptimizer(0.1).minimize(loss, global_step=v1.train.get_or_create_global_step())
+    return Built(inputs={"features": features}, outputs={"predictions": predictions}, train_op=train_op,
+                 train_feeds=[{} for _ in range(ESTIMATOR_STEPS[0])],
+                 shard=lambda r: {"features": r.normal(size=(24, 8)).astype(np.float32)}, save=_save_estimator_dir)
+
+
+def _save_estimator_dir(sess: v1.Session, folder: Path, built: Built) -> dict:
+    """An Estimator `model_dir` as `tf.estimator` (gone from TF >= 2.16) wrote it: `graph.pbtxt`
+    (`tf.io.write_graph`), a checkpoint `model.ckpt-N` from a `Saver` with `global_step` every few steps
+    of training (here at 5 and 10), and the `checkpoint` state file naming the latest (relative paths,
+    so the folder can move)."""
+    model_dir = folder / "model_dir"
+    saver = v1.train.Saver(save_relative_paths=True, max_to_keep=5)
+    step = v1.train.get_global_step()
+    tf.io.write_graph(sess.graph.as_graph_def(), str(model_dir), "graph.pbtxt")
+    for target in ESTIMATOR_STEPS:
+        while sess.run(step) < target:
+            sess.run(built.train_op)
+        saver.save(sess, str(model_dir / CKPT_NAME), global_step=target)
+    variables = tf.train.list_variables(str(model_dir / f"{CKPT_NAME}-{ESTIMATOR_STEPS[-1]}"))
+    return {"format": "estimator_dir", "artifact": "model_dir", "variables": len(variables),
+            "checkpoints": [f"{CKPT_NAME}-{step}" for step in ESTIMATOR_STEPS], "train_steps": ESTIMATOR_STEPS[-1]}
+
+
 MODELS: dict[str, Callable[[np.random.RandomState], Built]] = {
     "linear": build_linear,
     "mlp": build_mlp,
@@ -341,22 +443,31 @@ MODELS: dict[str, Callable[[np.random.RandomState], Built]] = {
     "text_lstm": build_text_lstm,
     "gru_seq": build_gru_seq,
     "transformer": build_transformer,
+    "frozen_cnn": build_frozen_cnn,
+    "savedmodel_mlp": build_savedmodel_mlp,
+    "estimator_dnn": build_estimator_dnn,
 }
 
 
+def save_checkpoint(sess: v1.Session, folder: Path, built: Built) -> dict:
+    """A `.meta` graph and a name-based checkpoint `model.ckpt` (the default)."""
+    # write_state=False: no 'checkpoint' file, which would record the temporary path.
+    v1.train.Saver().save(sess, str(folder / CKPT_NAME), write_meta_graph=True, write_state=False)
+    return {"format": "meta", "artifact": f"{CKPT_NAME}.meta",
+            "variables": len(tf.train.list_variables(str(folder / CKPT_NAME)))}
+
+
 def write_model(name: str, folder: Path) -> tuple[int, int]:
-    """Build, train and save model `name` into `folder`; return (checkpoint keys, train steps)."""
+    """Build, train and save model `name` into `folder`; return (variables or constants saved, train steps)."""
     graph = tf.Graph()
     with graph.as_default():
         v1.set_random_seed(SEED)
         built = MODELS[name](np.random.RandomState(SEED))
-        saver = v1.train.Saver()
         with v1.Session(graph=graph) as sess:
             sess.run(v1.global_variables_initializer())
             for feed in built.train_feeds:
                 sess.run(built.train_op, feed_dict=feed)
-            # write_state=False: no 'checkpoint' file, which would record the temporary path.
-            saver.save(sess, str(folder / CKPT_NAME), write_meta_graph=True, write_state=False)
+            artifact = (built.save or save_checkpoint)(sess, folder, built)
 
     shards = folder / "shards"
     shards.mkdir()
@@ -372,10 +483,10 @@ def write_model(name: str, folder: Path) -> tuple[int, int]:
         "outputs": {k: t.name for k, t in built.outputs.items()},
         "tf_version": tf.__version__,
         "train_steps": len(built.train_feeds),
+        **artifact,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    n_keys = len(tf.train.list_variables(str(folder / CKPT_NAME)))
-    return n_keys, len(built.train_feeds)
+    return artifact["variables"], manifest["train_steps"]
 
 
 def build_atomically(name: str, out: Path, write: Callable[[Path], T]) -> tuple[T, float]:
@@ -409,7 +520,7 @@ def build_one(name: str, out: Path, force: bool) -> None:
         print(f"{name:<11} skipped (already built; --force to rebuild)", flush=True)
         return
     (n_keys, steps), took = build_atomically(name, out, lambda folder: write_model(name, folder))
-    print(f"{name:<11} {n_keys:3d} checkpoint variables, {steps:2d} steps, {took:5.1f} s", flush=True)
+    print(f"{name:<14} {n_keys:3d} variables, {steps:2d} steps, {took:5.1f} s", flush=True)
 
 
 def run_cli(argv: list[str] | None, description: str, models: dict, default: list[str],

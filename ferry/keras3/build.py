@@ -112,7 +112,7 @@ def check_architecture(spec: ModelSpec) -> list[Problem]:
         for i, node in enumerate(arch.graph.nodes):
             field = f"architecture.graph.nodes[{i}]"
             missing = [n for n in node.inputs if n not in known]
-            if missing:
+            if missing and spec.source.inputs:  # a SavedModel's own inputs are known from inspect on
                 problems.append(Problem(file=file, field=f"{field}.inputs", message=(
                     "not a spec input or an earlier node"), value=", ".join(missing)))
             known.add(node.name)

@@ -12,18 +12,20 @@ from typing import Any
 import numpy as np
 
 import ferry
-from ferry.cache import build_id, checkpoint_files, fingerprint
+from ferry.cache import build_id, fingerprint
 from ferry.export_dir import keras_file, read_marker, savedmodel_entries
 from ferry.files import write_atomically
 from ferry.review.tracking import Run
+from ferry.sources import FORMATS
 from ferry.spec import ModelSpec
 from ferry.stages import Exported, Reconstructed, WorkDir
 
 
 def checkpoint_fingerprint(spec: ModelSpec) -> str:
-    """One sha256 over the checkpoint's files (`.index`, `.data-*`), by name and content."""
+    """One sha256 over the files the weights come from (a checkpoint's `.index`, `.data-*`; a frozen
+    graph's `.pb`), by name and content."""
     digest = hashlib.sha256()
-    for file in checkpoint_files(spec.source.checkpoint_prefix):
+    for file in FORMATS[spec.source.format].weight_files(spec.source):
         digest.update(f"{file.name}\0{fingerprint(file)}\n".encode())
     return digest.hexdigest()
 
@@ -34,8 +36,10 @@ def link_tags(spec: ModelSpec, task_runs: dict[str, str]) -> dict[str, str]:
 
     tags = {"prefect.flow_run_id": flow_run.id or "", "prefect.flow_run_url": prefect_ui_url(),
             "prefect.task_run_id": task_run.id or "", "spec.file": str(spec.spec_file),
-            "spec.sha256": fingerprint(spec.spec_file), "source.meta": str(spec.source.meta),
-            "source.checkpoint": str(spec.source.checkpoint_prefix), "checkpoint.sha256": checkpoint_fingerprint(spec),
+            "spec.sha256": fingerprint(spec.spec_file), "source.format": spec.source.format,
+            f"source.{spec.source.format}": str(spec.source.artifact),
+            "source.checkpoint": str(spec.source.checkpoint_prefix or ""),
+            "checkpoint.sha256": checkpoint_fingerprint(spec),
             "ferry.version": ferry.__version__, "ferry.build": build_id()}
     tags.update({f"prefect.task_run.{label}": run_id for label, run_id in task_runs.items()})
     return tags
@@ -51,8 +55,10 @@ def prefect_ui_url() -> str:
 
 def description(spec: ModelSpec, row: dict[str, Any], checkpoint_sha: str) -> str:
     """The run's description (`mlflow.note.content`): what was migrated, from what, and the verdict."""
-    lines = [f"**{spec.name}**: TF1 graph `{spec.source.meta.name}` with checkpoint `{spec.source.checkpoint_prefix}` "
-             f"(sha256 `{checkpoint_sha[:12]}`) → Keras 3 SavedModel, by ferry {ferry.__version__}.", ""]
+    src = spec.source
+    weights = f" with checkpoint `{src.checkpoint_prefix}`" if src.checkpoint_prefix else " (weights as constants)"
+    lines = [f"**{spec.name}**: TF1 {src.format.replace('_', ' ')} `{src.artifact.name}`{weights} (sha256 "
+             f"`{checkpoint_sha[:12]}`) → Keras 3 SavedModel and `.keras`, by ferry {ferry.__version__}.", ""]
     if row["status"] == "passed":
         lines.append(f"Verdict: **passed**. Coverage {_percent(row['coverage'])} of the model's weights; worst "
                      f"abs error {_sci(row['worst_abs_err'])}, worst normwise relative error "
@@ -156,7 +162,8 @@ def register_model(run: Run, spec: ModelSpec, reconstructed: Reconstructed, expo
     run.register(spec.name, exported["path"], reconstructed["inputs"], list(spec.source.outputs),
                  str(spec.shard_paths()[0]),
                  {"checkpoint.sha256": tags["checkpoint.sha256"], "spec.sha256": tags["spec.sha256"],
-                  "verdict": "passed", "ferry.version": ferry.__version__, "source.meta": str(spec.source.meta),
+                  "verdict": "passed", "ferry.version": ferry.__version__,
+                  f"source.{spec.source.format}": str(spec.source.artifact),
                   "mlflow.run_id": run.run_id, "savedmodel.sha256": savedmodel_sha,
                   "keras.portable": _flag(exported.get("keras", {}).get("portable"))})
 

@@ -14,8 +14,11 @@ from typing import Any
 import tensorflow as tf
 
 from ferry.facts import PLACEHOLDER_OPS, RESOURCE_VARIABLE_OPS, VARIABLE_OPS, float32
-from ferry.tf1.load import load_graph
+from ferry.spec import Source
+from ferry.tf1.formats import weight_constants
+from ferry.tf1.load import as_source, load_graph
 from ferry.tf1.training import (
+    PIPELINE_TYPES,
     Classes,
     Users,
     classify_ops,
@@ -85,28 +88,31 @@ def tensor_ref(tensor: tf.Tensor) -> str:
 def variable_entry(
     var: tf.Operation, read_by: list[str], classes: Classes, trainable: frozenset[str]
 ) -> dict[str, Any]:
-    """One `variables` item."""
+    """One `variables` item: a variable, or a frozen graph's weight constant (kind `constant`)."""
+    constant = var.type == "Const"
     return {
         "name": var.name,
-        "shape": shape_list(var.get_attr("shape")),
-        "dtype": dtype_name(var.get_attr("dtype")),
-        "kind": "resource" if var.type in RESOURCE_VARIABLE_OPS else "reference",
+        "shape": shape_list(var.outputs[0].shape if constant else var.get_attr("shape")),
+        "dtype": dtype_name(var.outputs[0].dtype if constant else var.get_attr("dtype")),
+        "kind": "constant" if constant else "resource" if var.type in RESOURCE_VARIABLE_OPS else "reference",
         "trainable": var.name in trainable,
         "training_only": is_training_only(var.name, classes) or not read_by,
         "read_by": read_by,
     }
 
 
-def placeholder_entry(op: tf.Operation) -> dict[str, Any]:
-    """One `placeholders` item."""
-    out = op.outputs[0]
-    return {
+def placeholder_entry(op: tf.Operation, out: tf.Tensor | None = None) -> dict[str, Any]:
+    """One `placeholders` item: a placeholder, or a tensor an input pipeline feeds the model with (an
+    Estimator's `IteratorGetNext:0`: `fed_by` names its op type)."""
+    out = out if out is not None else op.outputs[0]
+    entry = {
         "name": op.name,
         "tensor": out.name,
         "dtype": dtype_name(out.dtype),
         "shape": shape_list(out.shape),
         "has_default": op.type == "PlaceholderWithDefault",
     }
+    return entry if op.type in PLACEHOLDER_OPS else {**entry, "fed_by": op.type}
 
 
 def op_entry(op: tf.Operation) -> dict[str, Any]:
@@ -164,37 +170,60 @@ def output_entry(op: tf.Operation, placeholders: set[str]) -> dict[str, Any]:
     }
 
 
-def build_inventory(meta_path: str | Path) -> dict[str, Any]:
-    """Inventory of a `.meta` graph as a JSON-able dict.
+def build_inventory(artifact: Source | str | Path) -> dict[str, Any]:
+    """Inventory of a TF1 artifact's graph as a JSON-able dict.
 
-    Keys: `meta`, `placeholders`, `outputs` (candidate outputs), `variables`, `ops` (inference
-    ops), `op_types` (counts over `ops`), `training_only` (per category, see `CATEGORIES`).
+    Keys: `source`, `format` (and `meta` for a .meta source), `placeholders` (with an input pipeline's
+    outputs where the model has no placeholders), `outputs` (candidate outputs), `variables` (a frozen
+    graph's weight constants), `ops` (inference ops), `op_types` (counts over `ops`), `training_only`
+    (per category, see `CATEGORIES`).
     """
-    graph = load_graph(meta_path)
+    source = as_source(artifact)
+    graph = load_graph(source)
     ops = graph.get_operations()
     data_users, users = users_of(graph)
     classes = classify_ops(graph, data_users, users)
     trainable = collection_op_names(graph, tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES)
 
+    weights = [op for op in ops if op.type in VARIABLE_OPS] or list(weight_constants(graph).values())
     variables, read_ops = [], set()
-    for var in (op for op in ops if op.type in VARIABLE_OPS):
+    for var in weights:
         readers, reads = variable_readers(var, classes, data_users)
         read_ops.update(op.name for op in reads)
         variables.append(variable_entry(var, [op.name for op in readers], classes, trainable))
 
     inference = [op for op in ops if not is_training_only(op.name, classes)]
-    placeholders = [op for op in inference if op.type in PLACEHOLDER_OPS]
-    placeholder_names = {op.name for op in placeholders}
+    placeholders = [(op, op.outputs[0]) for op in inference if op.type in PLACEHOLDER_OPS]
+    if not placeholders:  # fed by an input pipeline: its outputs that reach the model
+        readers = [graph.get_operation_by_name(r) for v in variables for r in v["read_by"]]
+        ancestors = {t.name for t in _input_tensors(readers)}
+        placeholders = [(op, out) for op in inference if op.type in PIPELINE_TYPES for out in op.outputs
+                        if out.name in ancestors]
+    placeholder_names = {op.name for op, _ in placeholders}
     outputs = [op for op in inference if is_candidate_output(op, classes, users, read_ops)]
     if placeholder_names:  # an output computes on input values, not only on their shapes
         outputs = [op for op in outputs if placeholder_ancestors(op, placeholder_names, True)]
     counts = Counter(op.type for op in inference)
     return {
-        "meta": str(meta_path),
-        "placeholders": [placeholder_entry(op) for op in placeholders],
+        "source": str(source.artifact),
+        "format": source.format,
+        **({"meta": str(source.meta)} if source.format == "meta" else {}),
+        "placeholders": [placeholder_entry(op, out) for op, out in placeholders],
         "outputs": [output_entry(op, placeholder_names) for op in outputs],
         "variables": variables,
         "ops": [op_entry(op) for op in inference],
         "op_types": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "training_only": training_summary(classes),
     }
+
+
+def _input_tensors(ops: list[tf.Operation]) -> list[tf.Tensor]:
+    """Every tensor the ops depend on through data edges."""
+    seen: dict[str, tf.Tensor] = {}
+    stack = list(ops)
+    while stack:
+        for tensor in stack.pop().inputs:
+            if tensor.name not in seen:
+                seen[tensor.name] = tensor
+                stack.append(tensor.op)
+    return list(seen.values())

@@ -55,7 +55,7 @@ def _wrapped(label: str, text: str) -> list[str]:
 
 def format_inventory(inv: dict[str, Any]) -> str:
     """Human-readable summary of an inventory, for `ferry inspect META` (fits 100 columns)."""
-    lines = [f"Graph: {inv['meta']}", ""]
+    lines = [f"Graph: {inv['source']} ({inv['format']})", ""]
     lines += _inputs_lines(inv) + [""] + _outputs_lines(inv) + [""] + _variables_lines(inv)
     lines += ["", f"Op types ({sum(inv['op_types'].values())} inference ops):"]
     lines += _wrapped("  ", ", ".join(f"{t} {n}" for t, n in inv["op_types"].items()))

@@ -1,4 +1,4 @@
-"""The reference: the original TF1 graph restored by its own `Saver` in its own `Session`, what the Keras
+"""The reference: the original TF1 artifact in its own `Session`, restored by its own means, what the Keras
 model must reproduce. One per model process and device (memoised), shared by every shard run there."""
 
 from __future__ import annotations
@@ -10,29 +10,30 @@ import tensorflow as tf
 
 from ferry.cache import fingerprint
 from ferry.shards import batches
+from ferry.sources import FORMATS
 from ferry.spec import ModelSpec
-from ferry.tf1.load import IMPORTS, read_meta_graph_def
+from ferry.tf1.formats import READERS
+from ferry.tf1.load import IMPORTS
 
 
 class Reference:
-    """The spec's TF1 graph, imported (pinned to `device`) and restored once; `run` feeds it batches."""
+    """The spec's original artifact, loaded (pinned to `device`) and restored once by its own means (its
+    Saver, the SavedModel loader); `run` feeds it batches. Any tensor may be fed: an Estimator's model is
+    cut at its `IteratorGetNext`."""
 
     def __init__(self, spec: ModelSpec, device: str):
         self.spec = spec
         self.graph = tf.Graph()
-        IMPORTS[str(spec.source.meta.resolve())] += 1
-        with self.graph.as_default(), tf.device(device):
-            saver = tf.compat.v1.train.import_meta_graph(read_meta_graph_def(spec.source.meta), clear_devices=True)
-            self.feeds = {name: self.graph.get_tensor_by_name(t) for name, t in spec.source.inputs.items()}
-            self.fetches = {name: self.graph.get_tensor_by_name(t) for name, t in spec.source.outputs.items()}
         self.session = tf.compat.v1.Session(graph=self.graph)
-        if saver is not None:
-            try:
-                with self.graph.as_default():  # else the Saver takes itself for an eager one
-                    saver.restore(self.session, str(spec.source.checkpoint_prefix))
-            except tf.errors.OpError as exc:
-                raise ValueError(f"{spec.spec_file}: source.checkpoint: the graph's own Saver cannot restore "
-                                 f"{spec.source.checkpoint_prefix}: {exc.message.splitlines()[0]}") from None
+        IMPORTS[str(spec.source.artifact.resolve())] += 1
+        try:
+            with self.graph.as_default(), tf.device(device):
+                READERS[spec.source.format].load(self.session, spec.source)
+        except tf.errors.OpError as exc:
+            raise ValueError(f"{spec.spec_file}: source: {spec.source.artifact} does not load with its weights: "
+                             f"{exc.message.splitlines()[0]}") from None
+        self.feeds = {name: self.graph.get_tensor_by_name(t) for name, t in spec.source.inputs.items()}
+        self.fetches = {name: self.graph.get_tensor_by_name(t) for name, t in spec.source.outputs.items()}
 
     def run(self, arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
         """The graph's outputs on `arrays`, batch by batch, keyed by serving name."""
@@ -47,8 +48,10 @@ _LOCK = threading.Lock()
 
 def reference(spec: ModelSpec, device: str) -> Reference:
     """The spec's reference on `device`, made once per process (and graph, checkpoint and device)."""
-    key = (str(spec.source.meta), fingerprint(spec.source.meta), str(spec.source.checkpoint_prefix),
-           tuple(spec.source.inputs.items()), tuple(spec.source.outputs.items()), device)
+    source = spec.source
+    files = [*FORMATS[source.format].graph_files(source), *FORMATS[source.format].weight_files(source)]
+    key = (source.format, str(source.artifact), tuple(fingerprint(f) for f in files), str(source.checkpoint_prefix),
+           source.tag, tuple(source.inputs.items()), tuple(source.outputs.items()), device)
     with _LOCK:
         if key not in _REFERENCES:
             _REFERENCES[key] = Reference(spec, device)

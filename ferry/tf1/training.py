@@ -20,6 +20,9 @@ from ferry.facts import BETA_POWER, OPTIMIZER_PART, PLACEHOLDER_OPS, VALUE_PASS_
 
 Classes = dict[str, tuple[str, str]]  # op name -> (training-only category, name root)
 
+# Ops of an input pipeline whose outputs feed a model that has no placeholders (an Estimator's graph).
+PIPELINE_TYPES = frozenset({"IteratorGetNext", "ParseExample", "ParseExampleV2", "ParseSingleExample"})
+
 # An unused op of these types computes nothing that matters, e.g. a loss helper's `Shape`.
 INERT_TYPES = frozenset(
     {"Const", "Shape", "ShapeN", "Size", "Rank", "NoOp", "Assert", "Print", "PrintV2"}
@@ -170,10 +173,11 @@ def classify_ops(graph: tf.Graph, data_users: Users, users: Users) -> Classes:
     loss_heads = collection_op_names(graph, tf.compat.v1.GraphKeys.LOSSES)
     loss_heads |= _differentiated_heads(graph, data_users)
     heads = [graph.get_operation_by_name(name) for name in sorted(loss_heads)]
-    for op in _descendants(labels, classes, data_users) + heads:
+    label_users = _pipeline_label_users(ops, classes, data_users)
+    for op in label_users + _descendants(labels + label_users, classes, data_users) + heads:
         classes.setdefault(op.name, ("loss", op.name))
 
-    input_ops = [op for op in ops if op.name in inputs]
+    input_ops = [op for op in ops if op.name in inputs or op.type in PIPELINE_TYPES]  # an Estimator: its iterator
     trunk = {op.name for op in _descendants(input_ops, classes, data_users)}
     _absorb_feeders(ops, classes, users, trunk)
     return classes
@@ -234,6 +238,21 @@ def _input_placeholders(
     if not readers:
         return free
     return free & _ancestors(readers)
+
+
+def _pipeline_label_users(ops: list[tf.Operation], classes: Classes, data_users: Users) -> list[tf.Operation]:
+    """The ops reading an input pipeline's outputs that reach no op reading a variable (an Estimator's
+    labels, `IteratorGetNext:1`): they compute the loss, as ops of label placeholders do."""
+    readers = [r for var in ops if var.type in VARIABLE_OPS for r in variable_readers(var, classes, data_users)[0]]
+    feeding: set[str] = set()  # tensors the model's variable readers depend on
+    stack = list(readers)
+    while stack:
+        for tensor in stack.pop().inputs:
+            if tensor.name not in feeding:
+                feeding.add(tensor.name)
+                stack.append(tensor.op)
+    return [user for op in ops if op.type in PIPELINE_TYPES for out in op.outputs if out.name not in feeding
+            for user in out.consumers() if on_inference_path(user, classes)]
 
 
 def _ancestors(starts: list[tf.Operation]) -> set[str]:

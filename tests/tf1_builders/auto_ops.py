@@ -1,5 +1,6 @@
-"""Tiny TF1 graphs that together use every op type `architecture: auto` translates: each case is the
-numerical test of a few op handlers against the TF1 ops themselves (tests/test_auto_ops.py).
+"""Tiny TF1 graphs that, with the other `auto_ops*.py` builders, use every op type `architecture: auto`
+translates: each case is the numerical test of a few op handlers against the TF1 ops themselves
+(tests/test_auto_ops.py).
 
     python tests/tf1_builders/auto_ops.py OUT
 
@@ -12,11 +13,10 @@ shard); every output is compared. Adding an op: use it in a case (a new one, or 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from common import save_model, tf, v1  # first: TF1 behaviour before TensorFlow is used
+from common import cases_in, tf, v1, write_cases  # first: TF1 behaviour before TensorFlow is used
 
 ROWS = 8
 Tensors = dict[str, tf.Tensor]
@@ -145,6 +145,13 @@ def case_reduce(rng: np.random.RandomState) -> Built:
     return {"x": x}, ops, {"x": floats(rng, 3, 4)}
 
 
+def case_argmax(rng: np.random.RandomState) -> Built:
+    """ArgMax (int64 indices, as a classifier's `classes`) and ArgMin (int32, negative axis)."""
+    x = v1.placeholder(tf.float32, [None, 4, 5], name="x")
+    ops = {"argmax": tf.argmax(x, axis=1), "argmin": tf.argmin(x, axis=-1, output_type=tf.int32)}
+    return {"x": x}, ops, {"x": floats(rng, 4, 5)}
+
+
 def case_shapes(rng: np.random.RandomState) -> Built:
     """Reshape, Squeeze, ExpandDims, Transpose, ConcatV2, StridedSlice (ranges, shrink, negative index; `auto`
     takes slices that name every axis)."""
@@ -169,22 +176,5 @@ def case_gru(rng: np.random.RandomState) -> Built:
     return {"x": x}, {"y": outputs}, {"x": floats(rng, 6, 3)}
 
 
-CASES: dict[str, Callable[[np.random.RandomState], Built]] = {
-    name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")}
-
-
-def main(out: Path) -> None:
-    for name, build in CASES.items():
-        graph = tf.Graph()
-        with graph.as_default():
-            v1.set_random_seed(0)
-            v1.train.get_or_create_global_step()  # every case has a checkpoint, even one without weights
-            inputs, outputs, shard = build(np.random.RandomState(0))
-            outputs = {key: tf.identity(tensor, name=f"out_{key}") for key, tensor in outputs.items()}
-            with v1.Session(graph=graph) as sess:
-                sess.run(v1.global_variables_initializer())
-                save_model(out / name, sess, inputs, outputs, [shard])
-
-
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    write_cases(cases_in(globals()), Path(sys.argv[1]))

@@ -30,3 +30,24 @@ def save_model(folder: Path, sess: v1.Session, inputs: dict[str, tf.Tensor], out
         np.savez(folder / "shards" / f"shard-{i:03d}.npz", **arrays)
     manifest = {"inputs": {k: t.name for k, t in inputs.items()}, "outputs": {k: t.name for k, t in outputs.items()}}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def cases_in(namespace: dict) -> dict:
+    """A builder module's cases: its `case_<name>(rng)` functions, by name."""
+    return {name.removeprefix("case_"): fn for name, fn in namespace.items() if name.startswith("case_")}
+
+
+def write_cases(cases: dict, out: Path) -> None:
+    """Write one model folder per case (`out/<case>/`): each case builds its graph in the default graph and
+    returns (inputs, outputs, shard); variables keep their random initial values (a translation needs no
+    training), and every case has a checkpoint, even one without weights (a global step)."""
+    for name, build in cases.items():
+        graph = tf.Graph()
+        with graph.as_default():
+            v1.set_random_seed(0)
+            v1.train.get_or_create_global_step()
+            inputs, outputs, shard = build(np.random.RandomState(0))
+            outputs = {key: tf.identity(tensor, name=f"out_{key}") for key, tensor in outputs.items()}
+            with v1.Session(graph=graph) as sess:
+                sess.run(v1.global_variables_initializer())
+                save_model(out / name, sess, inputs, outputs, [shard])

@@ -16,6 +16,7 @@ import tensorflow as tf
 from ferry.facts import IDENTITY_OPS, VARIABLE_OPS
 from ferry.tf1.auto.fusions import FUSIONS
 from ferry.tf1.auto.registry import HANDLERS, Unsupported, layer_name
+from ferry.tf1.formats import weight_constants
 
 MAX_CONST = 4096  # elements: larger constants cannot live in a spec
 # Op types never translated into a node of their own: looked through, folded, or the spec's inputs.
@@ -54,18 +55,24 @@ class Translator:
 
     def __init__(self, graph: tf.Graph, inputs: dict[str, str], meta: str):
         self.graph, self.meta = graph, meta
-        self.inputs = {graph.get_tensor_by_name(t).op.name: name for name, t in inputs.items()}
         self.out = Translation()
         self.names: dict[str, str] = {}  # tensor name -> node name
         self.unsupported: dict[str, str] = {}
         self._alive: dict[str, bool] = {}
+        # a frozen graph's weights: the constants its layers read, bound by node name like variables
+        has_variables = any(op.type in VARIABLE_OPS for op in graph.get_operations())
+        self.weight_constants = set() if has_variables else set(weight_constants(graph))
+        # tensor name -> serving name: a placeholder's output, or any tensor the graph is cut at (an
+        # Estimator's `IteratorGetNext:0`), also as seen through identities
+        self.inputs = {graph.get_tensor_by_name(t).name: name for name, t in inputs.items()}
+        self.inputs.update({self.resolve(graph.get_tensor_by_name(t)).name: name for name, t in inputs.items()})
 
     # -- looking through the graph ---------------------------------------------------------------
 
     def static(self, tensor: tf.Tensor) -> np.ndarray | None:
         """The tensor's value if it is a constant (through identities and placeholder defaults)."""
         tensor = self.resolve(tensor)
-        if tensor.op.type == "PlaceholderWithDefault" and tensor.op.name not in self.inputs:
+        if tensor.op.type == "PlaceholderWithDefault" and tensor.name not in self.inputs:
             return self.static(tensor.op.inputs[0])
         if tensor.op.type == "LogicalNot":
             value = self.static(tensor.op.inputs[0])
@@ -100,16 +107,16 @@ class Translator:
             resolved = self.resolve(tensor)
         except Dead:
             return None
-        if resolved.op.type in ("Merge", "Switch") or resolved.op.name in self.inputs:
+        if resolved.op.type in ("Merge", "Switch") or resolved.name in self.inputs:
             return resolved
         if resolved.op.name not in self._alive:
             self._alive[resolved.op.name] = all(self._live(t) is not None for t in resolved.op.inputs)
         return resolved if self._alive[resolved.op.name] else None
 
     def variable(self, tensor: tf.Tensor) -> str | None:
-        """The variable a tensor reads, if any."""
+        """The variable a tensor reads (or, in a frozen graph, the weight constant), if any."""
         op = self.resolve(tensor).op
-        if op.type in VARIABLE_OPS:
+        if op.type in VARIABLE_OPS or op.name in self.weight_constants:
             return op.name
         if op.type == "ReadVariableOp" and op.inputs[0].op.type == "VarHandleOp":
             return op.inputs[0].op.name
@@ -136,8 +143,8 @@ class Translator:
         if tensor.name in self.names:
             return self.names[tensor.name]
         op = tensor.op
-        if op.name in self.inputs:
-            name = self.inputs[op.name]
+        if tensor.name in self.inputs:
+            name = self.inputs[tensor.name]
         else:
             try:
                 name = self._emit_named(op, tensor)

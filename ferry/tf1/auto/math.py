@@ -49,6 +49,15 @@ def reduce(tr: Translator, op: tf.Operation, tensor: tf.Tensor) -> str:
                   keepdims=bool(op.get_attr("keep_dims")))
 
 
+@handles("ArgMax", "ArgMin")
+def arg_extreme(tr: Translator, op: tf.Operation, tensor: tf.Tensor) -> str:
+    """`argmax`/`argmin` over the constant axis, cast to the op's index type (TF1's default: int64)."""
+    name = layer_name(op.name)
+    axis = int(tr.const(op.inputs[1], "axis"))
+    index = tr.add(f"{name}.index", [tr.node(op.inputs[0])], op=op.type.lower(), axis=axis)
+    return tr.add(name, [index], op="cast", dtype=op.get_attr("output_type").name)
+
+
 @handles("Cast")
 def cast(tr: Translator, op: tf.Operation, tensor: tf.Tensor) -> str:
     """`cast` to the op's `DstT`."""
