@@ -1,5 +1,9 @@
 """Shared fixtures: the example zoo built once by the real TF1 build script, copies of the example
-catalogue in temporary folders, a temporary MLflow store, and Prefect's test harness."""
+catalogue in temporary folders, a temporary MLflow store, and Prefect's test harness; the helpers the test
+files share; and the rule that every test belongs to a tier (`unit`, `tf1`, `e2e`: pyproject.toml).
+
+Keep this module light: `pytest -m unit` imports it and every test module, so TensorFlow, Keras, Prefect's
+flows and ferry's stages are imported inside the helpers that need them, not here."""
 
 from __future__ import annotations
 
@@ -17,7 +21,24 @@ import yaml
 from mlflow_server import mlflow_server  # noqa: F401  (a real MLflow tracking server on loopback, session fixture)
 from prefect_server import prefect_server  # noqa: F401  (a real Prefect server on loopback, session fixture)
 
+from ferry.mapping.namemap import Tensor
+from ferry.spec import load_catalogue
+from ferry.stages import WorkDir
+
 REPO = Path(__file__).resolve().parents[1]
+TF1_BUILDERS = REPO / "tests" / "tf1_builders"
+TIERS = ("unit", "tf1", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an unmarked test fails `pytest -m unit` too
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test carries a tier mark; a run that collects one without fails before running anything."""
+    unmarked = [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
+    if unmarked:
+        raise pytest.UsageError(
+            f"{len(unmarked)} test(s) without a tier mark; mark each (or its module: `pytestmark = "
+            f"pytest.mark.unit`) with one of {', '.join(TIERS)} (see pyproject.toml [tool.pytest.ini_options] "
+            "markers):\n  " + "\n  ".join(unmarked))
 
 
 def run_tf1_script(script: Path, *args: str) -> subprocess.CompletedProcess:
@@ -82,6 +103,29 @@ def keep_models(catalogue: Path, names: list[str]) -> None:
     for spec in (catalogue.parent / "models").glob("*.yaml"):
         if spec.stem not in names:
             spec.unlink()
+
+
+def spec_of(catalogue: Path, name: str):
+    """One model's spec of a catalogue (its defaults merged)."""
+    return load_catalogue(catalogue, only=[name]).specs[name]
+
+
+def restore_stages(spec, work: Path) -> tuple[dict, dict]:
+    """inspect, reconstruct and restore as plain functions (no Prefect, no MLflow), their files in `work`:
+    (reconstruct's model info, restore's result)."""
+    from tasks.inspect import inspect_graph
+    from tasks.reconstruct import reconstruct
+    from tasks.restore import restore_weights
+
+    work.mkdir(parents=True, exist_ok=True)
+    inspected = inspect_graph(spec, WorkDir(work))
+    info = reconstruct(spec, inspected)
+    return info, restore_weights(spec, info, inspected, WorkDir(work))
+
+
+def tensors(shapes: dict[str, tuple], dtype: str = "float32") -> dict[str, Tensor]:
+    """Name-map `Tensor`s by name (`global_step` int64, the others `dtype`)."""
+    return {k: Tensor(v, "int64" if k == "global_step" else dtype) for k, v in shapes.items()}
 
 
 def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:

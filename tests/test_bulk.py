@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import edit_yaml, keep_models
 from prefect.client.orchestration import get_client
 
 from flows.migrate import CatalogueFailed, migrate_catalogue
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
 FAULTY_FACTORY = '''
 """The example MLP, built by a factory that misbehaves while a FAULTS_ON file lies beside it."""
@@ -45,18 +46,6 @@ def mlp(inputs: dict, fault: str):
     x = keras.layers.Dense(128, activation="relu", name="dense_1")(x)
     return keras.layers.Dense(10, activation="softmax", name="dense_2")(x)
 '''
-
-
-def edit_yaml(path: Path, change) -> None:
-    data = yaml.safe_load(path.read_text())
-    change(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def keep_models(catalogue: Path, names: list[str]) -> None:
-    for spec in (catalogue.parent / "models").glob("*.yaml"):
-        if spec.stem not in names:
-            spec.unlink()
 
 
 def task_states(flow_run_id) -> dict[str, str]:

@@ -26,6 +26,8 @@ from prefect_server import (
     wait_for_log,
 )
 
+pytestmark = pytest.mark.e2e
+
 SET_WORKING_DIRECTORY = "prefect.deployments.steps.set_working_directory"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow.artifacts
 import numpy as np
 import pytest
-from conftest import REPO, artifact_paths
+from conftest import REPO, artifact_paths, restore_stages, spec_of
 from mlflow.tracking import MlflowClient
 from test_auto import ZOO, auto_spec, draft
 
@@ -25,36 +25,20 @@ import ferry
 from ferry.export_dir import MARKER, ExportDirError, read_marker, temp_folder_name
 from ferry.review.registry import load_migrated
 from ferry.shards import load_shard
-from ferry.spec import Export, load_catalogue
-from ferry.stages import WorkDir
+from ferry.spec import Export
 from ferry.tf1.session import run_tf1
 from flows.migrate import CatalogueFailed, migrate_catalogue
 from tasks.export import call_savedmodel, export_savedmodel
-from tasks.inspect import inspect_graph
-from tasks.reconstruct import reconstruct
-from tasks.restore import restore_weights
 
 SAVEDMODEL = {"assets", "fingerprint.pb", "saved_model.pb", "variables"}
-
-
-def stages(spec, work: Path) -> tuple[dict, dict]:
-    """reconstruct and restore as plain functions: the model info and the restored weights."""
-    work.mkdir(parents=True, exist_ok=True)
-    inspected = inspect_graph(spec, WorkDir(work))
-    info = reconstruct(spec, inspected)
-    return info, restore_weights(spec, info, inspected, WorkDir(work))
 
 
 def export(spec, work: Path, dest: Path | None = None) -> dict:
     """The export stage of `spec` (to `dest` instead of its export.dir if given)."""
     if dest is not None:
         spec = spec.model_copy(update={"export": Export(dir=dest)})
-    info, restored = stages(spec, work)
+    info, restored = restore_stages(spec, work)
     return export_savedmodel(spec, info, restored, spec.shard_paths()[0])
-
-
-def spec_of(catalogue: Path, name: str):
-    return load_catalogue(catalogue, only=[name]).specs[name]
 
 
 def run_python(code: str, *args: str, cwd: Path, **env: str) -> dict:
@@ -113,6 +97,7 @@ def keras_job(spec, exported: dict, npz: Path) -> dict:
                           for name in spec.source.outputs}}
 
 
+@pytest.mark.tf1
 def test_export_folder_holds_savedmodel_keras_and_marker(catalogue, tmp_path):
     spec = spec_of(catalogue, "mlp")
     exported = export(spec, tmp_path / "work")
@@ -151,6 +136,7 @@ def readme_snippet(marker: str) -> str:
     return code
 
 
+@pytest.mark.tf1
 def test_readme_fine_tuning_snippet_runs(catalogue, tmp_path):
     spec = spec_of(catalogue, "mlp")
     export(spec, tmp_path / "work")
@@ -165,6 +151,7 @@ def test_readme_fine_tuning_snippet_runs(catalogue, tmp_path):
     assert done["ferry"] is False
 
 
+@pytest.mark.tf1
 def test_auto_zoo_keras_models_are_portable_and_match_tf1_on_jax(zoo, tmp_path):
     jobs, exported = [], {}
     for name in ZOO:
@@ -214,6 +201,7 @@ def lossy(inputs, factor):
 '''
 
 
+@pytest.mark.tf1
 @pytest.mark.parametrize("function, message", [
     ("unregistered", "architecture.factory: the Keras model does not save and reload as linear_unregistered.keras: "
                      "TypeError: .*Could not locate class 'Scale'.*register_keras_serializable"),
@@ -240,6 +228,7 @@ def test_keras_that_does_not_reload_the_same_fails_export_and_leaves_nothing(cat
     assert temp_folders(exports) == []
 
 
+@pytest.mark.tf1
 def test_factory_layer_of_its_own_is_flagged_not_portable(catalogue, tmp_path):
     spec = spec_of(catalogue, "transformer")
     exported = export(spec, tmp_path / "work")
@@ -258,6 +247,7 @@ def temp_folders(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or p.name.endswith(".old"))
 
 
+@pytest.mark.tf1
 def test_foreign_folder_is_refused_and_left_untouched(catalogue, tmp_path):
     spec = spec_of(catalogue, "mlp")
     dest = tmp_path / "exports" / "mlp"
@@ -274,6 +264,7 @@ def test_foreign_folder_is_refused_and_left_untouched(catalogue, tmp_path):
     assert tree(dest) == before and temp_folders(dest.parent) == []
 
 
+@pytest.mark.tf1
 def test_file_and_other_models_export_are_refused(catalogue, tmp_path):
     spec = spec_of(catalogue, "mlp")
     file = tmp_path / "exports" / "mlp"
@@ -300,6 +291,7 @@ def test_file_and_other_models_export_are_refused(catalogue, tmp_path):
     assert read_marker(empty)["model"] == "mlp"
 
 
+@pytest.mark.tf1
 def test_export_is_readable_as_the_umask_says(catalogue, tmp_path):
     spec = spec_of(catalogue, "mlp")
     dest = tmp_path / "exports" / "mlp"
@@ -313,6 +305,7 @@ def test_export_is_readable_as_the_umask_says(catalogue, tmp_path):
     assert {p: m for p, m in modes.items() if m != (0o750 if (dest / p).is_dir() else 0o640)} == {}
 
 
+@pytest.mark.tf1
 def test_stale_temporary_folders_of_dead_processes_are_removed(catalogue, tmp_path):
     spec = spec_of(catalogue, "mlp")
     dest = tmp_path / "exports" / "mlp"
@@ -334,6 +327,7 @@ def test_stale_temporary_folders_of_dead_processes_are_removed(catalogue, tmp_pa
     assert read_marker(dest)["model"] == "mlp"
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_flow_logs_keras_artifact_portability_and_registers_it(catalogue):
     foreign = catalogue.parent.parent / "exports" / "linear"

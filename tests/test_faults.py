@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, edit_yaml, keep_models, run_tf1_script
+from conftest import REPO, TF1_BUILDERS, edit_yaml, keep_models, run_tf1_script
 from mlflow.tracking import MlflowClient
 from prefect_server import free_port
 
@@ -271,6 +271,7 @@ def assert_nothing_left(root: Path, model: str, runs: dict, client: MlflowClient
     assert not client.search_model_versions(f"name='{model}'")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", list(CASES))
 def test_broken_model_fails_at_its_stage_with_a_message_and_leaves_nothing(broken, name):
     root, rows, runs, client = broken
@@ -283,6 +284,7 @@ def test_broken_model_fails_at_its_stage_with_a_message_and_leaves_nothing(broke
     assert_nothing_left(root, name, runs, client)
 
 
+@pytest.mark.e2e
 def test_unsafe_yaml_is_refused_and_nothing_runs(broken):
     root, rows, runs, client = broken
     assert rows["unsafe_yaml"]["failed_stage"] == "spec"
@@ -291,6 +293,7 @@ def test_unsafe_yaml_is_refused_and_nothing_runs(broken):
     assert_nothing_left(root, "unsafe_yaml", runs, client)
 
 
+@pytest.mark.e2e
 def test_a_users_folder_named_as_export_dir_is_left_as_it_was(broken):
     root, rows, runs, client = broken
     mine = root / "cases" / "export_into_users_folder" / "mine"
@@ -302,6 +305,7 @@ def test_a_users_folder_named_as_export_dir_is_left_as_it_was(broken):
     assert (root / "cases" / "export_onto_a_file" / "model.out").read_text() == "not a folder"
 
 
+@pytest.mark.e2e
 def test_the_good_model_beside_them_passes_and_is_handed_over(broken):
     root, rows, runs, client = broken
     assert rows["linear"]["status"] == "passed" and rows["linear"]["coverage"] == 1.0
@@ -312,6 +316,7 @@ def test_the_good_model_beside_them_passes_and_is_handed_over(broken):
     assert int(client.get_model_version_by_alias("linear", "migrated").version) == 1
 
 
+@pytest.mark.tf1
 def test_a_typo_in_the_catalogue_defaults_is_reported_once_against_the_catalogue(catalogue, capsys):
     edit_yaml(catalogue, lambda c: c["defaults"]["verify"].update(batchsize=8))
     with pytest.raises(SpecError) as info:
@@ -325,6 +330,7 @@ def test_a_typo_in_the_catalogue_defaults_is_reported_once_against_the_catalogue
     assert capsys.readouterr().err.count("defaults.verify.batchsize: unknown key") == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_relative_sqlite_tracking_uri_is_the_working_folders(catalogue, tmp_path, monkeypatch):
     keep_models(catalogue, ["linear"])
@@ -347,6 +353,7 @@ def test_a_relative_sqlite_tracking_uri_is_the_working_folders(catalogue, tmp_pa
     assert len(relogged.search_runs([relogged.get_experiment_by_name("ferry-examples").experiment_id])) == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_cached_rerun_after_a_failed_attempt_reports_the_cached_numbers(catalogue):
     """A failed restore (a name map leaving a weight out) overwrote the mapping report; after the revert, the
@@ -393,6 +400,7 @@ def project(tmp_path, zoo) -> Path:
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_an_unreachable_prefect_api_is_one_line_of_advice(project):
     done = ferry(project, "run", "--only", "linear", PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api")
     assert done.returncode == 2
@@ -402,6 +410,7 @@ def test_an_unreachable_prefect_api_is_one_line_of_advice(project):
     assert not (project / "exports").exists() and not (project / ".ferry" / "work").exists()
 
 
+@pytest.mark.e2e
 def test_a_prefect_server_too_slow_to_start_ends_with_what_to_do(project):
     done = ferry(project, "run", "--only", "linear", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
     assert done.returncode == 2, done.stdout + done.stderr
@@ -411,6 +420,7 @@ def test_a_prefect_server_too_slow_to_start_ends_with_what_to_do(project):
     assert not (project / "exports").exists()
 
 
+@pytest.mark.e2e
 def test_a_failing_run_prints_no_traceback_and_starts_prefect_in_one_line(project):
     edit_yaml(project / "specs" / "models" / "mlp.yaml", lambda s: s["name_map"]["rules"][0].update(to="nope/\\2"))
     done = ferry(project, "run")
@@ -424,6 +434,7 @@ def test_a_failing_run_prints_no_traceback_and_starts_prefect_in_one_line(projec
     assert sorted(p.name for p in (project / "exports").iterdir()) == ["linear"]
 
 
+@pytest.mark.e2e
 def test_two_runs_of_one_catalogue_at_once_both_end_correct(project):
     """Two `ferry run`s started together once tore the restored weights file (a zeroed first layer) and
     cached it; now a model is migrated by one run at a time, and the other takes its results."""
@@ -446,6 +457,7 @@ def test_two_runs_of_one_catalogue_at_once_both_end_correct(project):
     assert not list((project / ".ferry" / "work").glob("*/.*.tmp*"))
 
 
+@pytest.mark.e2e
 def test_a_killed_run_is_closed_by_the_next_one_which_cleans_up_after_it(project):
     """kill -9 during the export: the rerun marks the MLflow runs KILLED and the Prefect flow run Crashed,
     removes the temporary SavedModel copy, and migrates the model."""
@@ -482,13 +494,14 @@ def test_a_killed_run_is_closed_by_the_next_one_which_cleans_up_after_it(project
 # -- `auto` on code nobody here wrote ----------------------------------------------------------------------
 
 
+@pytest.mark.tf1
 def test_auto_on_google_bert_names_the_node_instead_of_a_raw_type_error(tmp_path):
     """bert-tensorflow's modeling.py computes shapes at run time (`get_shape_list`); until `auto` translates
     that, it must say which node it could not translate — never a bare `TypeError: int() ...`."""
     from ferry.tf1.auto import UnsupportedGraph, translate
     from ferry.tf1.load import load_graph
 
-    run_tf1_script(REPO / "tests" / "tf1_builders" / "bert_tiny.py", tmp_path)
+    run_tf1_script(TF1_BUILDERS / "bert_tiny.py", tmp_path)
     graph = load_graph(tmp_path / "bert_tiny" / "model.ckpt.meta")
     with pytest.raises(UnsupportedGraph) as info:
         translate(graph, {k: f"{k}:0" for k in ("input_ids", "input_mask", "token_type_ids")},

@@ -22,7 +22,7 @@ from ferry.tf1.session import run_tf1
 from flows.migrate import CatalogueFailed, migrate_catalogue
 from tasks.export import call_savedmodel
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
 
 

@@ -3,107 +3,17 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_tf1_source
+from conftest import TF1_BUILDERS, run_tf1_script
 
 from ferry.tf1.inventory import build_inventory
 from ferry.tf1.inventory_text import format_inventory
 
-# Builds four small trained models and saves each as `<out>/<name>/model.ckpt(.meta)`.
-# `disable_v2_behavior()` is process-wide, so the resource-variable MLP is built first, with
-# eager execution disabled only; the TF1-era graphs (reference variables, v1 cond) come after.
-BUILDER = textwrap.dedent(
-    '''
-    import sys
-    from pathlib import Path
+pytestmark = pytest.mark.tf1
 
-    import numpy as np
-    import tensorflow as tf
-
-    v1 = tf.compat.v1
-    OUT = Path(sys.argv[1])
-    RNG = np.random.default_rng(0)
-
-
-    def save(name, graph, train, feed):
-        with v1.Session(graph=graph) as sess:
-            sess.run(v1.global_variables_initializer())
-            for _ in range(2):
-                sess.run(train, feed)
-            v1.train.Saver().save(sess, str(OUT / name / "model.ckpt"))
-
-
-    def mlp(name):
-        graph = tf.Graph()
-        with graph.as_default():
-            x = v1.placeholder(tf.float32, [None, 784], name="x")
-            y = v1.placeholder(tf.int64, [None], name="y")
-            hidden = v1.layers.dense(x, 64, activation=tf.nn.relu, name="dense")
-            logits = v1.layers.dense(hidden, 10, name="dense_1")
-            tf.nn.softmax(logits, name="probs")
-            loss = v1.losses.sparse_softmax_cross_entropy(y, logits)
-            v1.summary.scalar("loss", loss)
-            v1.summary.merge_all()
-            step = v1.train.get_or_create_global_step()
-            train = v1.train.AdamOptimizer(1e-3).minimize(loss, global_step=step)
-            feed = {x: RNG.random((4, 784), dtype=np.float32), y: np.arange(4)}
-        save(name, graph, train, feed)
-
-
-    def cnn(name):
-        graph = tf.Graph()
-        with graph.as_default():
-            images = v1.placeholder(tf.float32, [None, 28, 28, 1], name="images")
-            labels = v1.placeholder(tf.int64, [None], name="labels")
-            is_training = v1.placeholder(tf.bool, [], name="is_training")
-            net = v1.layers.conv2d(images, 8, 3, strides=2, padding="same",
-                                   activation=tf.nn.relu, name="conv2d")
-            net = v1.layers.batch_normalization(net, training=is_training, name="bn")
-            net = v1.layers.flatten(net)
-            net = v1.layers.dropout(net, rate=0.5, training=is_training)
-            logits = v1.layers.dense(net, 10, name="dense")
-            tf.nn.softmax(logits, name="probs")
-            loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
-            step = v1.train.get_or_create_global_step()
-            with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
-                train = v1.train.MomentumOptimizer(0.01, 0.9).minimize(loss, global_step=step)
-            feed = {images: RNG.random((4, 28, 28, 1), dtype=np.float32),
-                    labels: np.arange(4), is_training: True}
-        save(name, graph, train, feed)
-
-
-    def tutorial(name):
-        """The TF1 MNIST-tutorial style: keep_prob placeholder, one-hot labels, loss from probs."""
-        graph = tf.Graph()
-        with graph.as_default():
-            x = v1.placeholder(tf.float32, [None, 784], name="x")
-            y_ = v1.placeholder(tf.float32, [None, 10], name="y_")
-            keep_prob = v1.placeholder(tf.float32, name="keep_prob")
-            w1 = v1.get_variable("W1", [784, 32])
-            b1 = v1.get_variable("b1", [32], initializer=v1.zeros_initializer())
-            hidden = v1.nn.dropout(tf.nn.relu(tf.matmul(x, w1) + b1), keep_prob=keep_prob)
-            w2 = v1.get_variable("W2", [32, 10])
-            b2 = v1.get_variable("b2", [10], initializer=v1.zeros_initializer())
-            probs = tf.nn.softmax(tf.matmul(hidden, w2) + b2, name="probs")
-            loss = tf.reduce_mean(-tf.reduce_sum(y_ * tf.math.log(probs), axis=[1]))
-            train = v1.train.GradientDescentOptimizer(0.5).minimize(loss, name="train")
-            feed = {x: RNG.random((2, 784), dtype=np.float32),
-                    y_: np.eye(10, dtype=np.float32)[:2], keep_prob: 0.5}
-        save(name, graph, train, feed)
-
-
-    v1.disable_eager_execution()
-    mlp("mlp_resource")
-    v1.disable_v2_behavior()
-    mlp("mlp")
-    cnn("cnn")
-    tutorial("tutorial")
-    print("built")
-    '''
-)
+# The fixture graphs, written by tests/tf1_builders/inventory_graphs.py as `<root>/<name>/model.ckpt(.meta)`.
 MODELS = ("mlp", "cnn", "mlp_resource", "tutorial")
 
 
@@ -111,7 +21,7 @@ MODELS = ("mlp", "cnn", "mlp_resource", "tutorial")
 def metas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Build the fixture graphs once, in a separate process (tf_keras needs its own env)."""
     root = tmp_path_factory.mktemp("inventory_graphs")
-    run_tf1_source(BUILDER, root, str(root))
+    run_tf1_script(TF1_BUILDERS / "inventory_graphs.py", root)
     paths = {name: root / name / "model.ckpt.meta" for name in MODELS}
     assert all(p.is_file() for p in paths.values()), list(root.rglob("*"))
     return paths

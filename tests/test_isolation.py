@@ -11,6 +11,9 @@ import pytest
 from ferry.isolation import ModelProcess, ProcessFailed, RemoteError
 from ferry.parity import ParityError
 
+# A model's process imports TensorFlow and Keras (ModelProcess preloads them): seconds per process.
+pytestmark = pytest.mark.tf1
+
 
 @pytest.fixture(params=["fork", "spawn"])
 def start(request, monkeypatch):

@@ -8,6 +8,8 @@ import pytest
 from ferry.parity import compare
 from ferry.spec import Tolerance
 
+pytestmark = pytest.mark.unit
+
 TOL = Tolerance(atol=1e-5, rtol=1e-5)
 
 

@@ -9,10 +9,13 @@ import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import tensors
 
-from ferry.mapping.namemap import Tensor, plan_mapping
+from ferry.mapping.namemap import plan_mapping
 from ferry.review import plots
 from ferry.spec import NameMap
+
+pytestmark = pytest.mark.unit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PARITY_PIXELS = (450, 600)  # rows, columns: 6 x 4.5 in at 100 dpi
@@ -201,10 +204,6 @@ def test_threads_plot_at_once(tmp_path):
 
 
 # --- coverage -----------------------------------------------------------------------------------------
-
-
-def tensors(shapes: dict[str, tuple]) -> dict[str, Tensor]:
-    return {k: Tensor(v, "int64" if k == "global_step" else "float32") for k, v in shapes.items()}
 
 
 def mlp_plan():

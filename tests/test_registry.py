@@ -12,7 +12,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from conftest import REPO
+import pytest
+from conftest import REPO, restore_stages, spec_of
 from mlflow.entities import LoggedModelStatus
 from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
@@ -22,22 +23,16 @@ from ferry.cache import fingerprint
 from ferry.review.registry import ALIAS, MODEL_NAME, load_migrated, register_migrated
 from ferry.shards import load_shard
 from ferry.sources import checkpoint_files
-from ferry.spec import load_catalogue
-from ferry.stages import WorkDir
 from ferry.tf1.session import run_tf1
 from tasks.export import export_savedmodel
-from tasks.inspect import inspect_graph
-from tasks.reconstruct import reconstruct
-from tasks.restore import restore_weights
+
+pytestmark = pytest.mark.tf1
 
 
 def migrate(catalogue: Path, name: str, work: Path):
     """The stages of a passing model, as plain functions: the spec, its model info and its export."""
-    spec = load_catalogue(catalogue, only=[name]).specs[name]
-    work.mkdir(parents=True, exist_ok=True)
-    inspected = inspect_graph(spec, WorkDir(work))
-    info = reconstruct(spec, inspected)
-    restored = restore_weights(spec, info, inspected, WorkDir(work))
+    spec = spec_of(catalogue, name)
+    info, restored = restore_stages(spec, work)
     exported = export_savedmodel(spec, info, restored, spec.shard_paths()[0])
     return spec, info, Path(exported["path"])
 

@@ -14,6 +14,8 @@ import tensorflow as tf
 
 import ferry  # noqa: F401  (sets TF env defaults before TensorFlow is imported)
 
+pytestmark = pytest.mark.tf1
+
 SCRIPT = Path(__file__).resolve().parents[1] / "zoo" / "slim_nets.py"
 DEFAULT = ("slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2")
 LARGE = ("slim_vgg_a", "slim_overfeat", "slim_resnet_v1_50")

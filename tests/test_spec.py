@@ -52,6 +52,7 @@ def problems_of(path: Path, **kw) -> list[str]:
     return [str(p) for p in info.value.problems]
 
 
+@pytest.mark.unit
 def test_good_spec_resolves_paths_against_its_file(fake_model):
     spec = load_spec(write(fake_model, "demo.yaml", GOOD))
     assert spec.source.meta == fake_model / "zoo/m/model.ckpt.meta"
@@ -61,11 +62,13 @@ def test_good_spec_resolves_paths_against_its_file(fake_model):
     assert spec.name_map.strict is True and spec.verify.tolerance.atol == 1e-5
 
 
+@pytest.mark.unit
 def test_unknown_key_is_named_with_file_and_field(fake_model):
     path = write(fake_model, "demo.yaml", GOOD.replace("  dir: out/demo", "  dir: out/demo\n  format: onnx"))
     assert problems_of(path) == [f"{path}: export.format: unknown key (got 'onnx')"]
 
 
+@pytest.mark.unit
 def test_bad_type_names_field_and_value(fake_model):
     text = GOOD.replace("  shards: zoo/m/shards/*.npz", "  shards: zoo/m/shards/*.npz\n  batch_size: many")
     path = write(fake_model, "demo.yaml", text)
@@ -73,6 +76,7 @@ def test_bad_type_names_field_and_value(fake_model):
     assert problem.startswith(f"{path}: verify.batch_size: ") and "integer" in problem and "'many'" in problem
 
 
+@pytest.mark.unit
 def test_every_problem_is_reported_at_once(fake_model):
     text = GOOD.replace('inputs: {x: "x:0"}', 'inputs: {x: "x"}').replace("- {class: Dense, units: 10}", "")
     text = text.replace("rules: [{from: '(.*)'}]", "rules: [{from: '(unclosed'}]")
@@ -83,6 +87,7 @@ def test_every_problem_is_reported_at_once(fake_model):
     assert any("must look like 'op_name:0'" in p for p in problems)
 
 
+@pytest.mark.unit
 def test_missing_files_are_reported_with_their_paths(tmp_path):
     path = write(tmp_path, "demo.yaml", GOOD)
     problems = problems_of(path)
@@ -94,18 +99,21 @@ def test_missing_files_are_reported_with_their_paths(tmp_path):
     ]
 
 
+@pytest.mark.unit
 def test_unknown_skip_entry_that_is_no_regex(fake_model):
     path = write(fake_model, "demo.yaml", GOOD.replace("rules:", "skip: ['[oops']\n  rules:"))
     [problem] = problems_of(path)
     assert "name_map.skip" in problem and "neither a preset (optimizer, ema)" in problem
 
 
+@pytest.mark.unit
 def test_per_output_tolerance_must_name_an_output(fake_model):
     text = GOOD.replace("  shards: zoo/m/shards/*.npz", "  shards: zoo/m/shards/*.npz\n  outputs: {logits: {atol: 1}}")
     [problem] = problems_of(write(fake_model, "demo.yaml", text))
     assert "verify.outputs names ['logits'] not in source.outputs ['probs']" in problem
 
 
+@pytest.mark.unit
 def test_catalogue_defaults_merge_and_spec_wins(fake_model):
     write(fake_model, "specs/models/demo.yaml", GOOD.replace("zoo/", "../../zoo/"))
     write(fake_model, "specs/catalogue.yaml", """
@@ -123,6 +131,7 @@ def test_catalogue_defaults_merge_and_spec_wins(fake_model):
     assert spec.verify.batch_size == 7 and spec.verify.tolerance.rtol == 0.2
 
 
+@pytest.mark.unit
 def test_each_catalogue_has_its_own_experiment_by_default(fake_model):
     write(fake_model, "specs/models/demo.yaml", GOOD.replace("zoo/", "../../zoo/"))
     (fake_model / "pyproject.toml").write_text("")  # the project root
@@ -132,6 +141,7 @@ def test_each_catalogue_has_its_own_experiment_by_default(fake_model):
     assert load_catalogue(fake_model / "specs/team-b/catalogue.yaml").experiment == "ferry specs/team-b/catalogue.yaml"
 
 
+@pytest.mark.unit
 def test_invalid_spec_is_collected_not_raised(fake_model):
     write(fake_model, "specs/models/a.yaml", GOOD.replace("zoo/", "../../zoo/"))
     write(fake_model, "specs/models/b.yaml",
@@ -143,6 +153,7 @@ def test_invalid_spec_is_collected_not_raised(fake_model):
     assert file.endswith("b.yaml") and "invalid YAML" in str(problems[0])
 
 
+@pytest.mark.unit
 def test_catalogue_errors(fake_model):
     path = write(fake_model, "cat.yaml", "models: [nothing/*.yaml]\nextra: 1\n")
     with pytest.raises(SpecError, match=r"cat.yaml: extra: unknown key \(got 1\)"):
@@ -160,6 +171,7 @@ def test_catalogue_errors(fake_model):
         load_catalogue(path, only=["nope"])
 
 
+@pytest.mark.tf1
 def test_validate_command_reports_keras_layer_problems(fake_model, capsys):
     write(fake_model, "specs/models/demo.yaml", GOOD.replace("zoo/", "../../zoo/").replace(
         "- {class: Dense, units: 10}", "- {class: Dense, units: 10, activaton: relu}\n    - {class: Danse}"))
@@ -172,11 +184,13 @@ def test_validate_command_reports_keras_layer_problems(fake_model, capsys):
     assert "0 of 1 specs valid, 2 problems" in out
 
 
+@pytest.mark.tf1
 def test_validate_command_passes_the_example_catalogue(catalogue, capsys):
     assert main(["validate", str(catalogue)]) == 0
     assert "10 of 10 specs valid" in capsys.readouterr().out  # seven .meta models and one of each other format
 
 
+@pytest.mark.unit
 def test_architecture_must_be_auto_or_a_form(fake_model):
     path = write(fake_model, "demo.yaml", GOOD.replace("architecture:\n  layers:\n    - {class: Dense, units: 10}",
                                                        "architecture: automatic"))

@@ -7,41 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_tf1_source
+from conftest import TF1_BUILDERS, run_tf1_script, spec_of
 
 from ferry.keras3.build import build_model, weight_paths
-from ferry.spec import load_catalogue, load_spec
+from ferry.spec import load_spec
 from ferry.stages import WorkDir
 from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
 from tasks.restore import RestoreError, restore_weights
 from tasks.verify import ParityError, verify_shard
 
-TWIN_BUILDER = """
-import sys
-sys.path.insert(0, {zoo_dir!r})
-import build
-from build import Built, np, tf, v1
-
-def build_twin_mlp(rng):
-    '''16-32-32-4 MLP: `dense_1` and `dense_2` have the same shapes.'''
-    x = v1.placeholder(tf.float32, [None, 16], name="x")
-    labels = v1.placeholder(tf.int64, [None], name="labels")
-    h = v1.layers.dense(x, 32, activation=tf.nn.relu)
-    h = v1.layers.dense(h, 32, activation=tf.nn.relu)
-    h = v1.layers.dense(h, 32, activation=tf.nn.relu)
-    logits = v1.layers.dense(h, 4)
-    probs = tf.nn.softmax(logits, name="probs")
-    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
-    train_op = v1.train.AdamOptimizer(1e-2).minimize(loss, global_step=v1.train.get_or_create_global_step())
-    feeds = [{{x: rng.uniform(size=(32, 16)).astype(np.float32), labels: rng.randint(0, 4, size=32)}}
-             for _ in range(5)]
-    return Built(inputs={{"x": x}}, outputs={{"probs": probs}}, train_op=train_op, train_feeds=feeds,
-                 shard=lambda r: {{"x": r.uniform(size=(64, 16)).astype(np.float32)}})
-
-build.MODELS["twin_mlp"] = build_twin_mlp
-sys.exit(build.main(["--out", {out!r}, "--only", "twin_mlp"]))
-"""
+pytestmark = pytest.mark.tf1
 
 TWIN_SPEC = """
 name: twin_mlp
@@ -69,7 +45,7 @@ export:
 def twin_zoo(tmp_path_factory) -> Path:
     """A TF1 MLP with two same-shaped hidden layers, built by the zoo script in its own process."""
     out = tmp_path_factory.mktemp("twin") / "zoo"
-    run_tf1_source(TWIN_BUILDER.format(zoo_dir=str(REPO / "zoo"), out=str(out)), out.parent)
+    run_tf1_script(TF1_BUILDERS / "twin_mlp.py", out)
     return out.parent
 
 
@@ -79,12 +55,6 @@ def twin_spec(folder: Path, rules: str):
     return load_spec(path)
 
 
-def example_spec(catalogue: Path, name: str, **changes):
-    """An example spec, optionally with top-level sections replaced."""
-    spec = load_catalogue(catalogue, only=[name]).specs[name]
-    return spec.model_copy(update=changes)
-
-
 def prepare(spec, work: Path):
     """(inspect's result, reconstruct's result)."""
     inspected = inspect_graph(spec, WorkDir(work))
@@ -92,7 +62,7 @@ def prepare(spec, work: Path):
 
 
 def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_path):
-    spec = example_spec(catalogue, "mlp")
+    spec = spec_of(catalogue, "mlp")
     inspected, info = prepare(spec, tmp_path)
     model = build_model(spec, info["inputs"])
     before = {p: w.numpy().copy() for p, w in weight_paths(model).items()}
@@ -117,7 +87,7 @@ def test_common_recipe_restores_nothing_while_ferry_fails_loudly(catalogue, tmp_
 
 
 def test_ferry_restore_assigns_every_checkpoint_value(catalogue, tmp_path):
-    spec = example_spec(catalogue, "mnist_cnn")
+    spec = spec_of(catalogue, "mnist_cnn")
     inspected, info = prepare(spec, tmp_path)
     restored = restore_weights(spec, info, inspected, WorkDir(tmp_path))
     assert restored["coverage"]["model_weights"] == 1.0
@@ -130,7 +100,7 @@ def test_ferry_restore_assigns_every_checkpoint_value(catalogue, tmp_path):
 
 
 def test_shape_mismatch_names_both_sides_and_shapes(catalogue, tmp_path):
-    spec = example_spec(catalogue, "mlp")
+    spec = spec_of(catalogue, "mlp")
     layers = [layer.model_copy() for layer in spec.architecture.layers]
     layers[0] = layers[0].model_validate({"class": "Dense", "units": 32, "activation": "relu"})
     spec = spec.model_copy(update={"architecture": spec.architecture.model_copy(update={"layers": layers})})
@@ -141,7 +111,7 @@ def test_shape_mismatch_names_both_sides_and_shapes(catalogue, tmp_path):
 
 
 def test_declared_tensor_missing_from_graph_is_named(catalogue, tmp_path):
-    spec = example_spec(catalogue, "mlp")
+    spec = spec_of(catalogue, "mlp")
     spec = spec.model_copy(update={"source": spec.source.model_copy(update={"outputs": {"probs": "softmax:0"}})})
     with pytest.raises(ValueError, match=r"mlp.yaml: source.outputs.probs: no op 'softmax' in the graph"):
         inspect_graph(spec, WorkDir(tmp_path))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import keep_models
 from mlflow.tracking import MlflowClient
 from mlflow_server import run_mlflow_server
 from prefect_server import free_port
@@ -14,11 +15,7 @@ from ferry.cli import main
 from ferry.review.tracking import ModelRecord, start_catalogue_run, start_model_run
 from flows.migrate import migrate_catalogue
 
-
-def keep_models(catalogue: Path, names: list[str]) -> None:
-    for spec in (catalogue.parent / "models").glob("*.yaml"):
-        if spec.stem not in names:
-            spec.unlink()
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.usefixtures("prefect_harness")

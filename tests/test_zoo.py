@@ -13,6 +13,8 @@ import tensorflow as tf
 
 import ferry  # noqa: F401  (sets TF env defaults before TensorFlow is imported)
 
+pytestmark = pytest.mark.tf1
+
 BUILD = Path(__file__).resolve().parents[1] / "zoo" / "build.py"
 MODELS = ("linear", "mlp", "mnist_cnn", "resnet_bn", "text_lstm", "gru_seq", "transformer")  # .meta + checkpoint
 # The other formats a fleet holds, each written by its own TF1 API: a frozen GraphDef, a TF1 SavedModel
