@@ -77,6 +77,41 @@ def load_shard(spec: ModelSpec, shard: Path) -> dict[str, np.ndarray]:
     return read_shard(Path(shard), list(spec.source.inputs), f"{spec.spec_file}: verify.shards")
 
 
+def stream_shard(spec: ModelSpec, shard: Path, size: int) -> Iterator[dict[str, np.ndarray]]:
+    """A spec's shard batch by batch (`size` rows), never whole: each input's rows are read block by block
+    from the archive (an array stored in Fortran order is read whole, as numpy must)."""
+    inputs, where = list(spec.source.inputs), f"{spec.spec_file}: verify.shards"
+    if problem := shard_problem(Path(shard), inputs):
+        raise ShardError(f"{where}: {problem}")
+    with zipfile.ZipFile(shard) as archive:
+        readers = {name: _RowReader(archive.open(f"{name}.npy")) for name in inputs}
+        rows = next(iter(readers.values())).rows
+        for start in range(0, rows, size):
+            yield {name: reader.read(min(size, rows - start)) for name, reader in readers.items()}
+
+
+class _RowReader:
+    """Rows of one `.npy` member of an archive, read in order, a block at a time."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, self.dtype = read(stream)
+        self.rows, self.row_shape = shape[0], tuple(shape[1:])
+        self.whole = np.frombuffer(stream.read(), self.dtype).reshape(shape, order="F") if fortran else None
+        self.offset = 0
+
+    def read(self, n: int) -> np.ndarray:
+        if self.whole is not None:
+            part = self.whole[self.offset:self.offset + n]
+        else:
+            count = n * int(np.prod(self.row_shape, dtype=np.int64))
+            part = np.frombuffer(self.stream.read(count * self.dtype.itemsize), self.dtype).reshape(n, *self.row_shape)
+        self.offset += n
+        return np.array(part)  # writable, contiguous
+
+
 def batches(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
     """The rows of `arrays` in batches of `size` (the last may be smaller)."""
     rows = len(next(iter(arrays.values())))

@@ -31,7 +31,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.transactions import CommitMode, transaction
 
 from ferry.isolation import ModelProcess
-from ferry.parity import ParityError, judge
+from ferry.parity import ParityError, agreement, judge
 from ferry.review.records import (
     description,
     link_tags,
@@ -277,10 +277,11 @@ def _verify(stages: ModelRun, reconstructed: Reconstructed, restored: Restored, 
     errors = [f"shard {i}: {type(o).__name__}: {o}" for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
     run.metric_steps({record["index"]: {f"parity.{name}.{k}": v for name, out in record["outputs"].items()
                                         for k, v in out.items() if k in _PARITY_METRICS} for record in records})
+    run.metrics({f"agreement.{name}.{k}": v for name, top in agreement(records).items() for k, v in top.items()})
     judge(records, errors, work.parity)
 
 
-_PARITY_METRICS = ("max_abs_err", "mean_abs_err", "max_rel_err", "norm_rel_err", "argmax_agreement")
+_PARITY_METRICS = ("max_abs_err", "mean_abs_err", "max_rel_err", "norm_rel_err", "argmax_agreement", "top5_agreement")
 
 
 def _cached(states: dict[str, str]) -> str:

@@ -47,18 +47,40 @@ def load_keras(spec: ModelSpec, model_info: dict[str, Any], weights: str):
         return _MODELS[key]
 
 
+_FORWARDS: dict[int, Any] = {}
+
+
+def forward(model, signature: dict[str, dict[str, Any]]):
+    """The model's inference pass compiled once (`tf.function` over the serving inputs, any batch size),
+    shared by every shard of the process."""
+    with _LOCK:
+        if id(model) not in _FORWARDS:
+            specs = [tf.TensorSpec([None, *sig["shape"]], sig["dtype"]) for sig in signature.values()]
+            _FORWARDS[id(model)] = tf.function(lambda *args: model(args[0] if len(args) == 1 else list(args),
+                                                                   training=False), input_signature=specs)
+        return _FORWARDS[id(model)]
+
+
+def run_batch(spec: ModelSpec, model, batch: dict[str, np.ndarray], signature: dict[str, dict[str, Any]] | None,
+              device: str) -> dict[str, np.ndarray]:
+    """One batch through the Keras model in inference mode (compiled when `signature` is given), its outputs
+    named as the spec's outputs (in order)."""
+    names = list(spec.source.outputs)
+    with tf.device(device):
+        args = [tf.constant(batch[k]) for k in spec.source.inputs]
+        if signature is not None:
+            out = forward(model, signature)(*args)
+        else:
+            out = model(args[0] if len(args) == 1 else args, training=False)
+    out = out if isinstance(out, (list, tuple)) else [out]
+    if len(out) != len(names):
+        raise ValueError(f"{spec.spec_file}: source.outputs: the model has {len(out)} outputs, "
+                         f"the spec names {len(names)}: {names}")
+    return {name: np.asarray(o) for name, o in zip(names, out)}
+
+
 def run_keras(spec: ModelSpec, model, arrays: dict[str, np.ndarray], batch_size: int,
               device: str) -> dict[str, np.ndarray]:
-    """Outputs of the Keras model in inference mode, named as the spec's outputs (in order)."""
-    names = list(spec.source.outputs)
-    parts: list[list[np.ndarray]] = []
-    with tf.device(device):
-        for batch in batches(arrays, batch_size):
-            args = [tf.constant(batch[k]) for k in spec.source.inputs]
-            out = model(args[0] if len(args) == 1 else args, training=False)
-            out = out if isinstance(out, (list, tuple)) else [out]
-            if len(out) != len(names):
-                raise ValueError(f"{spec.spec_file}: source.outputs: the model has {len(out)} outputs, "
-                                 f"the spec names {len(names)}: {names}")
-            parts.append([np.asarray(o) for o in out])
-    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+    """Outputs of the Keras model in inference mode over whole arrays (eagerly: a model just reloaded)."""
+    parts = [run_batch(spec, model, batch, None, device) for batch in batches(arrays, batch_size)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in spec.source.outputs}

@@ -12,13 +12,17 @@ def summary_row(model: str, status: str, failed_stage: str | None, durations: di
                 work: WorkDir | None, export: str | None, error: object = None, cached: str = "") -> dict[str, Any]:
     """One model's row, reading coverage and worst error from the files its stages wrote in this run
     (`durations` names the stages attempted); `cached`: the stages taken from the cache (`all`)."""
-    coverage = worst = worst_rel = None
+    coverage = worst = worst_rel = top1 = top5 = None
     by_output: dict[str, float] = {}
     if work and "restore" in durations and work.mapping.exists():
         coverage = json.loads(work.mapping.read_text())["coverage"]["model_weights"]
     if work and "verify" in durations and work.parity.exists():
         rel: list[float] = []
-        for shard in json.loads(work.parity.read_text())["shards"]:
+        report = json.loads(work.parity.read_text())
+        agreement = report.get("agreement", {}).values()  # classifiers' outputs, over the whole data set
+        top1 = min((a["top1"] for a in agreement), default=None)
+        top5 = min((a["top5"] for a in agreement if "top5" in a), default=None)
+        for shard in report["shards"]:
             for name, o in shard["outputs"].items():
                 if "max_abs_err" in o:
                     by_output[name] = max(by_output.get(name, 0.0), o["max_abs_err"])
@@ -26,7 +30,8 @@ def summary_row(model: str, status: str, failed_stage: str | None, durations: di
         worst = max(by_output.values(), default=None)
         worst_rel = max(rel, default=None)
     return {"model": model, "status": status, "failed_stage": failed_stage or "", "coverage": coverage,
-            "worst_abs_err": worst, "worst_rel_err": worst_rel, "seconds": round(sum(durations.values()), 2),
+            "worst_abs_err": worst, "worst_rel_err": worst_rel, "top1": top1, "top5": top5,
+            "seconds": round(sum(durations.values()), 2),
             "cached": cached, "export": export or "",
             "worst_abs_err_by_output": " ".join(f"{k}={v:.3g}" for k, v in by_output.items()),
             "stage_seconds": " ".join(f"{k}={v:.2f}" for k, v in durations.items()),
@@ -39,13 +44,14 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
         value = row.get(key)
         if value is None or value == "":
             return "-"
-        if key == "coverage":
-            return f"{value:.0%}"
+        if key in ("coverage", "top1", "top5"):
+            return f"{value:.0%}" if value in (0, 1) else f"{value:.2%}"
         if key in ("worst_abs_err", "worst_rel_err"):
             return f"{value:.2e}"
         return str(value)
 
-    keys = ["model", "status", "failed_stage", "coverage", "worst_abs_err", "worst_rel_err", "seconds", "cached"]
+    keys = ["model", "status", "failed_stage", "coverage", "worst_abs_err", "worst_rel_err", "top1", "top5", "seconds",
+            "cached"]
     widths = {k: max(len(k), *(len(cell(r, k)) for r in rows)) if rows else len(k) for k in keys}
     lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
     for row in rows:

@@ -37,9 +37,12 @@ class Reference:
 
     def run(self, arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
         """The graph's outputs on `arrays`, batch by batch, keyed by serving name."""
-        parts = [self.session.run(self.fetches, {self.feeds[k]: v for k, v in batch.items()})
-                 for batch in batches(arrays, batch_size)]
+        parts = [self.run_batch(batch) for batch in batches(arrays, batch_size)]
         return {name: np.concatenate([p[name] for p in parts]) for name in self.spec.source.outputs}
+
+    def run_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's outputs on one batch."""
+        return self.session.run(self.fetches, {self.feeds[k]: v for k, v in batch.items()})
 
 
 _REFERENCES: dict[tuple, Reference] = {}
