@@ -365,11 +365,14 @@ def quiet_native_stderr() -> Iterator[None]:
 
 def _configure_devices(cpu_devices: int | None) -> None:
     """Find the devices (quietly); split the CPU into N logical devices when there is no GPU (the multi-GPU
-    path, tested on CPU)."""
+    path, tested on CPU). GPU memory grows on demand: by default TensorFlow takes a GPU's whole memory in
+    the first process, and the next model's process (`run.max_parallel`) would find none left."""
     import tensorflow as tf
 
     with quiet_native_stderr():
         gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
     if cpu_devices and not gpus:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
