@@ -1,22 +1,29 @@
 """Benchmark: `architecture: auto` on tf_slim's ResNet-50 vs TF's own SavedModel routes, side by side.
 
-    python bench/auto_resnet50.py [--size 224] [--work DIR]
+    python bench/auto_resnet50.py [--repeat 3] [--work DIR]
 
-Builds `resnet_v1_50` (tf_slim, 25.6 M parameters) with zoo/slim_nets.py in its own process, then,
-in this one process and on the same graph and checkpoint, times:
+Builds `resnet_v1_50` (tf_slim, 25.6 M parameters) with zoo/slim_nets.py in its own process, then times,
+on the same graph and checkpoint, each route in a fresh process of its own (each pays its own first-use
+costs), the routes alternating, `--repeat` times:
 
-  ferry   reconstruct (translate the graph + build Keras) + restore (name map) + export SavedModel
+  ferry   inspect + reconstruct (translate the graph + build Keras) + restore (name map) + export (the
+          SavedModel and the .keras archive, each reloaded and re-checked)
   wrap    tf.compat.v1.wrap_function(import_meta_graph) + prune + tf.saved_model.save
           (TF's own route; on a TF1-era graph it lifts no variables: the SavedModel has no weights)
-  freeze  Session restore + convert_variables_to_constants + wrap_function + tf.saved_model.save
-          (the working TF route: constants, not a trainable model)
+  freeze  import_meta_graph + Session restore + convert_variables_to_constants + wrap_function +
+          tf.saved_model.save (the working TF route: constants, not a trainable model; no re-check)
 
-and checks each SavedModel against the TF1 graph on one shard. Prints seconds and ratios.
+and checks each SavedModel against the TF1 graph on one shard. Prints median seconds and the ratio to
+the freeze route (goal for ferry: <= 1.0), with ferry's stages.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,11 +77,11 @@ def timed(fn):
 
 
 def ferry_route(spec, work: Path) -> dict[str, float]:
-    stages = work / "stages"
-    stages.mkdir(exist_ok=True)
-    inventory, t_inspect = timed(lambda: inspect_graph(spec, WorkDir(stages)))
+    """ferry's stages as a model's process runs them; seconds per stage."""
+    stages = WorkDir(work / "stages")
+    inventory, t_inspect = timed(lambda: inspect_graph(spec, stages))
     info, t_reconstruct = timed(lambda: reconstruct(spec, inventory))
-    restored, t_restore = timed(lambda: restore_weights(spec, info, inventory, WorkDir(stages)))
+    restored, t_restore = timed(lambda: restore_weights(spec, info, inventory, stages))
     _, t_export = timed(lambda: export_savedmodel(spec, info, restored, spec.shard_paths()[0]))
     return {"inspect": t_inspect, "reconstruct": t_reconstruct, "restore": t_restore, "export": t_export}
 
@@ -118,7 +125,7 @@ def check(path: Path, arrays: dict, want: np.ndarray) -> str:
     try:
         got = call_savedmodel(path, arrays)
     except Exception as exc:  # noqa: BLE001 - a broken export is a result to report
-        return f"fails when called: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+        return f"fails when called: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
     key = "probs" if "probs" in got else next(iter(got))
     err = float(np.max(np.abs(got[key] - want)))
     return f"max abs err vs TF1 {err:.2e}"
@@ -128,31 +135,67 @@ def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
+OUT = {"ferry": None, "wrap": "wrap", "freeze": "freeze"}  # where each route writes, in the work folder
+
+
+def measure(route: str, work: Path) -> dict:
+    """One route, timed in this (fresh) process."""
+    spec = spec_for(work / "zoo" / NAME, work)
+    if route == "ferry":
+        stages, seconds = timed(lambda: ferry_route(spec, work))
+        return {"seconds": seconds, "stages": stages}
+    out = work / OUT[route]
+    if out.exists():
+        shutil.rmtree(out)
+    _, seconds = timed(lambda: (wrap_route if route == "wrap" else freeze_route)(spec, out))
+    return {"seconds": seconds}
+
+
+def run(route: str, work: Path) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--measure", route, "--work", str(work)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{route} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="folder for the model and exports (default: temp)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each route (alternating)")
+    parser.add_argument("--measure", choices=list(OUT), help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.measure:
+        print(json.dumps(measure(args.measure, work)))
+        return
     folder = build(work)
     spec = spec_for(folder, work)
     arrays = load_shard(spec, spec.shard_paths()[0])
     want = run_tf1(spec, arrays, 4, "/CPU:0")["probs"]
 
-    stages = ferry_route(spec, work)
-    t_ferry = stages["reconstruct"] + stages["restore"] + stages["export"]
-    _, t_wrap = timed(lambda: wrap_route(spec, work / "wrap"))
-    _, t_freeze = timed(lambda: freeze_route(spec, work / "freeze"))
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    runs: dict[str, list[dict]] = {route: [] for route in OUT}
+    for _ in range(args.repeat):
+        for route in OUT:
+            runs[route].append(run(route, work))
+    median = {route: statistics.median(r["seconds"] for r in done) for route, done in runs.items()}
 
-    print(f"\nResNet-50 (tf_slim resnet_v1_50, 25.6 M params) on {tf.config.list_logical_devices()[0].device_type}")
-    print(f"{'route':<34}{'seconds':>9}{'ratio':>8}{'SavedModel MB':>15}  result")
-    rows = [("ferry auto: reconstruct+restore+export", t_ferry, spec.export.dir),
-            ("TF wrap_function(import_meta_graph)", t_wrap, work / "wrap"),
-            ("TF freeze + wrap_function", t_freeze, work / "freeze")]
-    for label, seconds, path in rows:
-        print(f"{label:<34}{seconds:>9.2f}{seconds / t_ferry:>8.2f}{size_mb(Path(path)):>15.1f}  "
-              f"{check(Path(path), arrays, want)}")
-    print("ferry stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
+    print(f"\nResNet-50 (tf_slim resnet_v1_50, 25.6 M params) on {tf.config.list_logical_devices()[0].device_type}, "
+          f"each route in a fresh process, median of {args.repeat}")
+    print(f"{'route':<42}{'seconds':>9}{'/ freeze':>10}{'MB':>8}  runs; result")
+    rows = [("ferry auto: inspect+reconstruct+restore+export", "ferry", spec.export.dir),
+            ("TF wrap_function(import_meta_graph)", "wrap", work / "wrap"),
+            ("TF freeze + wrap_function", "freeze", work / "freeze")]
+    for label, route, path in rows:
+        seconds = ", ".join(f"{r['seconds']:.2f}" for r in runs[route])
+        print(f"{label:<42}{median[route]:>9.2f}{median[route] / median['freeze']:>10.2f}{size_mb(Path(path)):>8.1f}"
+              f"  {seconds}; {check(Path(path), arrays, want)}")
+    stages = {name: statistics.median(r["stages"][name] for r in runs["ferry"]) for name in runs["ferry"][0]["stages"]}
+    print("ferry stages (median): " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
+    print(f"ferry / freeze: {median['ferry'] / median['freeze']:.2f}   (goal <= 1.0)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ re-checked before the folder is moved into place atomically."""
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,16 @@ from ferry.files import replace_folder
 from ferry.keras3.layers import portability
 from ferry.keras3.run import load_keras, run_keras
 from ferry.parity import compare
-from ferry.shards import load_shard
+from ferry.shards import batches, load_shard
 from ferry.spec import ModelSpec
 from ferry.stages import Exported, Reconstructed, Restored
 
 SIGNATURE = "serving_default"
 
 
-def write_savedmodel(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict[str, Any]], path: Path) -> None:
-    """Write `model` with one serving signature: TF1 input names in, TF1 output names out."""
+def serving_module(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict[str, Any]]) -> tf.Module:
+    """`model` as a module to save: its variables, and one traced serving function taking the TF1 input
+    names and returning the TF1 output names."""
     specs = [tf.TensorSpec([None, *sig["shape"]], sig["dtype"], name=name) for name, sig in inputs.items()]
     names = list(spec.source.outputs)
 
@@ -41,7 +43,19 @@ def write_savedmodel(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict
     module = tf.Module()
     module.variables_ = [w.value for w in model.weights]
     module.serve = tf.function(serve, input_signature=specs)
+    return module
+
+
+def write_savedmodel(module: tf.Module, path: Path) -> None:
+    """Write a `serving_module` as a SavedModel with its one serving signature."""
     tf.saved_model.save(module, str(path), signatures={SIGNATURE: module.serve})
+
+
+def run_serving(spec: ModelSpec, serve, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A serving function's outputs over whole arrays, `verify.batch_size` rows at a time."""
+    parts = [{k: v.numpy() for k, v in serve(*[tf.constant(batch[k]) for k in spec.source.inputs]).items()}
+             for batch in batches(arrays, spec.verify.batch_size)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def call_savedmodel(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -61,6 +75,14 @@ def save_and_reload_keras(spec: ModelSpec, model: keras.Model, path: Path) -> ke
                          f"{type(exc).__name__}: {exc}\nLayers of your own must be registered with "
                          "@keras.saving.register_keras_serializable() and return every constructor argument "
                          "from get_config().") from None
+
+
+def check_keras_archive(spec: ModelSpec, model: keras.Model, path: Path, arrays: dict[str, np.ndarray],
+                        expected: dict[str, np.ndarray], shard: Path) -> dict[str, dict[str, Any]]:
+    """Save `model` as `path`, reload it and check it reproduces `expected` on `arrays` (raise if not)."""
+    reloaded = save_and_reload_keras(spec, model, path)
+    got = run_keras(spec, reloaded, arrays, spec.verify.batch_size, "/CPU:0")
+    return recheck(spec, path.name, got, expected, shard)
 
 
 def recheck(spec: ModelSpec, what: str, got: dict[str, np.ndarray], expected: dict[str, np.ndarray],
@@ -87,15 +109,21 @@ def export_savedmodel(spec: ModelSpec, reconstructed: Reconstructed, restored: R
     remove_stale_temp_folders(dest)
     model = load_keras(spec, reconstructed, restored["weights"])
     arrays = load_shard(spec, Path(shard))
-    expected = run_keras(spec, model, arrays, spec.verify.batch_size, "/CPU:0")
+    module = serving_module(spec, model, reconstructed["inputs"])
+    with tf.device("/CPU:0"):  # what the hand-over must reproduce: the model's serving function, traced
+        expected = run_serving(spec, module.serve, arrays)
     keras_record = {"file": f"{spec.name}.keras", **portability(model)}
     tmp = make_temp_folder(dest)
     try:
-        write_savedmodel(spec, model, reconstructed["inputs"], tmp)
-        checks = recheck(spec, "SavedModel", call_savedmodel(tmp, arrays), expected, shard)
-        reloaded = save_and_reload_keras(spec, model, tmp / keras_record["file"])
-        got = run_keras(spec, reloaded, arrays, spec.verify.batch_size, "/CPU:0")
-        keras_checks = recheck(spec, keras_record["file"], got, expected, shard)
+        # The two hand-overs are written and re-checked side by side: the .keras archive in a thread
+        # while this one writes, reloads and calls the SavedModel (each mostly waits on TensorFlow's kernels
+        # and the disk, which release the GIL).
+        with ThreadPoolExecutor(1, thread_name_prefix="keras-archive") as pool:
+            keras_half = pool.submit(check_keras_archive, spec, model, tmp / keras_record["file"], arrays,
+                                     expected, shard)
+            write_savedmodel(module, tmp)
+            checks = recheck(spec, "SavedModel", call_savedmodel(tmp, arrays), expected, shard)
+            keras_checks = keras_half.result()
         write_marker(tmp, {"model": spec.name, "spec_file": str(spec.spec_file), "ferry_version": ferry.__version__,
                            "savedmodel": {"signature": SIGNATURE, "inputs": list(spec.source.inputs),
                                           "outputs": list(spec.source.outputs)},

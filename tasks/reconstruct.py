@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferry.keras3.build import check_architecture, layer_names, model_from_info, weight_paths
+from ferry.keras3.build import check_architecture, layer_names, weight_paths
+from ferry.keras3.run import built_model
 from ferry.spec import ModelSpec, SpecError
 from ferry.stages import InputSignature, Inspected, Reconstructed
 from ferry.tf1.auto import translate
@@ -45,7 +46,8 @@ def graph_values(spec: ModelSpec) -> dict[str, dict[str, Any]]:
 
 
 def reconstruct(spec: ModelSpec, inspected: Inspected) -> Reconstructed:
-    """Build the model once to check it; return its input signature, graph values and weight shapes."""
+    """Build the model to check it (kept for restore); return its input signature, graph values and weight
+    shapes."""
     problems = check_architecture(spec)  # what `ferry validate` says, as it says it
     if problems:
         raise SpecError(problems)
@@ -54,6 +56,6 @@ def reconstruct(spec: ModelSpec, inspected: Inspected) -> Reconstructed:
         derived = translate(load_graph(spec.source), spec.source.inputs, spec.source.outputs,
                             str(spec.source.artifact))
         info["auto"] = {"architecture": derived.architecture(), "rules": derived.rules}
-    model = model_from_info(spec, info)
+    model = built_model(spec, info)  # kept for restore, in this process
     weights = {path: {"shape": list(w.shape), "dtype": w.dtype} for path, w in weight_paths(model).items()}
     return {**info, "weights": weights, "params": int(model.count_params())}

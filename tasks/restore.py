@@ -11,7 +11,8 @@ import numpy as np
 from ferry.cache import fingerprint
 from ferry.facts import PARTITION
 from ferry.files import write_atomically
-from ferry.keras3.build import model_from_info, resolved, weight_paths
+from ferry.keras3.build import resolved, weight_paths
+from ferry.keras3.run import keep_restored, take_built_model
 from ferry.mapping.namemap import CheckpointEntry, MappingPlan, RestoreError, Tensor, plan_mapping
 from ferry.mapping.transforms import TransformError, run_transform
 from ferry.spec import ModelSpec
@@ -106,8 +107,8 @@ def restore_weights(spec: ModelSpec, reconstructed: Reconstructed, inspected: In
         raise RestoreError(f"{spec.spec_file}: source: {exc}") from None
     checkpoint = checkpoint_tensors(store, variables)
     check_belongs(checkpoint, variables, spec)
-    model = model_from_info(spec, reconstructed)
-    spec = resolved(spec, reconstructed)  # `auto`: the rules derived from the graph
+    model = take_built_model(spec, reconstructed)
+    original, spec = spec, resolved(spec, reconstructed)  # `auto`: the rules derived from the graph
     weights = weight_paths(model)
     plan = plan_mapping(checkpoint, {p: Tensor(tuple(w.shape), w.dtype) for p, w in weights.items()},
                         spec.name_map, transform_params(spec))
@@ -123,6 +124,7 @@ def restore_weights(spec: ModelSpec, reconstructed: Reconstructed, inspected: In
         raise RestoreError(f"{spec.spec_file}: name_map: " + "\n".join(_counted(plan.errors)))
 
     write_atomically(work.weights, model.save_weights, ".tmp.weights.h5")  # Keras insists on the suffix
+    keep_restored(original, reconstructed, str(work.weights), model)  # verify and export run this model
     # Both fingerprinted: a later failed attempt overwriting the report uncaches this result.
     return {"weights": str(work.weights), "mapping": str(work.mapping), "coverage": plan.coverage,
             "files": {str(work.weights): fingerprint(work.weights), str(work.mapping): fingerprint(work.mapping)}}

@@ -30,15 +30,46 @@ def device_for(index: int) -> str:
     return available[index % len(available)]
 
 
-_MODELS: dict[str, Any] = {}
+_BUILT: dict[str, Any] = {}  # models as built (initial weights), by spec and model info
+_MODELS: dict[str, Any] = {}  # models with restored weights, by spec, model info and weights file
 _LOCK = threading.Lock()
 
 
+def _key(spec: ModelSpec, model_info: dict[str, Any], *more: Any) -> str:
+    built_from = {k: model_info.get(k) for k in ("inputs", "graph_values", "auto")}  # not what reconstruct adds
+    return hashlib.sha256(json.dumps([spec.model_dump(mode="json"), built_from, *more], sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+def built_model(spec: ModelSpec, model_info: dict[str, Any]):
+    """The spec's model as built, once per process: reconstruct builds it, restore takes it."""
+    with _LOCK:
+        key = _key(spec, model_info)
+        if key not in _BUILT:
+            _BUILT[key] = model_from_info(spec, model_info)
+        return _BUILT[key]
+
+
+def take_built_model(spec: ModelSpec, model_info: dict[str, Any]):
+    """The model reconstruct built in this process (or a new one), no longer shared: restore assigns to it."""
+    model = built_model(spec, model_info)
+    with _LOCK:
+        _BUILT.pop(_key(spec, model_info), None)
+    return model
+
+
+def keep_restored(spec: ModelSpec, model_info: dict[str, Any], weights: str, model) -> None:
+    """Share `model` as the one holding the weights file `weights` (just written from it): verify and export
+    take it instead of building the model again."""
+    with _LOCK:
+        _MODELS[_key(spec, model_info, str(weights), fingerprint(Path(weights)))] = model
+
+
 def load_keras(spec: ModelSpec, model_info: dict[str, Any], weights: str):
-    """The spec's Keras model with the restored weights loaded: built once per process and weights file
-    content, then shared (every shard of a model runs the same model; treat it as read-only)."""
-    key = hashlib.sha256(json.dumps([spec.model_dump(mode="json"), model_info, str(weights),
-                                     fingerprint(Path(weights))], sort_keys=True, default=str).encode()).hexdigest()
+    """The spec's model with the restored weights loaded: the one restore assigned in this process, else built
+    and loaded once per process and weights file content, then shared (every shard of a model runs the
+    same model; treat it as read-only)."""
+    key = _key(spec, model_info, str(weights), fingerprint(Path(weights)))
     with _LOCK:
         if key not in _MODELS:
             model = model_from_info(spec, model_info)
