@@ -4,8 +4,8 @@ temporary folder, no MLflow run left RUNNING, no registered model, no poisoned c
 
 One catalogue run migrates many broken variants of the example `linear` model at once (each case is
 then its own test), beside separate tests for what needs its own run: the catalogue's defaults, the
-tracking URI, reruns after a failure, two runs at once, a killed run, the Prefect API, and `auto` on
-google BERT's own `modeling.py`.
+tracking URI, reruns after a failure, two runs at once, a killed run, the Prefect API, `auto` on google
+BERT's own `modeling.py`, and `auto` on graphs it cannot translate.
 """
 
 from __future__ import annotations
@@ -495,18 +495,68 @@ def test_a_killed_run_is_closed_by_the_next_one_which_cleans_up_after_it(project
 
 
 @pytest.mark.tf1
-def test_auto_on_google_bert_names_the_node_instead_of_a_raw_type_error(tmp_path):
-    """bert-tensorflow's modeling.py computes shapes at run time (`get_shape_list`); until `auto` translates
-    that, it must say which node it could not translate — never a bare `TypeError: int() ...`."""
-    from ferry.tf1.auto import UnsupportedGraph, translate
-    from ferry.tf1.load import load_graph
+def test_auto_converts_google_bert_and_its_keras_reloads_on_jax(tmp_path):
+    """bert-tensorflow's own modeling.py (shapes computed at run time by `get_shape_list`, einsum dense layers,
+    one-hot token types, a sliced position table, tf_slim's layer norm, tanh GELU) converts with
+    `architecture: auto`: every output of every shard matches at 1e-5, and the exported `.keras` (portable)
+    reloads with parity, on JAX too."""
+    from test_auto_array import case_spec
+    from test_export import LOAD_KERAS, keras_job, reference_npz, run_python
+
+    from ferry.stages import WorkDir
+    from tasks.export import export_savedmodel
+    from tasks.inspect import inspect_graph
+    from tasks.reconstruct import reconstruct
+    from tasks.restore import restore_weights
+    from tasks.verify import verify_shard_records
 
     run_tf1_script(TF1_BUILDERS / "bert_tiny.py", tmp_path)
-    graph = load_graph(tmp_path / "bert_tiny" / "model.ckpt.meta")
+    spec = case_spec(tmp_path / "bert_tiny", tmp_path)
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    reconstructed = reconstruct(spec, inspected)
+    restored = restore_weights(spec, reconstructed, inspected, WorkDir(tmp_path))
+    assert restored["coverage"]["model_weights"] == 1.0
+    errors = {}
+    for i, shard in enumerate(spec.shard_paths()):
+        record = verify_shard_records(spec, reconstructed, restored, shard, i)
+        assert set(record["outputs"]) == {"pooled", "sequence", "probs"}
+        assert all(out["passed"] for out in record["outputs"].values()), record["outputs"]
+        errors[i] = {name: out["max_abs_err"] for name, out in record["outputs"].items()}
+    print("max abs errors per shard:", errors)
+
+    exported = export_savedmodel(spec, reconstructed, restored, spec.shard_paths()[0])  # reloads, rechecks
+    assert exported["keras"]["portable"] and exported["keras"]["custom_layers"] == ["ferry.keras3.layers.Weight"]
+    job = keras_job(spec, exported, reference_npz(spec, tmp_path / "reference.npz"))
+    loaded = run_python(LOAD_KERAS, json.dumps([job]), cwd=tmp_path, KERAS_BACKEND="jax")
+    assert loaded["backend"] == "jax" and loaded["imported"] == ["ferry"]
+    assert all(out["passed"] for out in loaded["results"]["bert_tiny"].values()), loaded["results"]
+
+
+@pytest.mark.unit
+def test_auto_names_a_node_of_the_graph_for_everything_it_cannot_translate():
+    """Odd graphs: a shape computed in a way `auto` cannot evaluate, an output whose length depends on the data,
+    a non-constant axis, a string op, and an input of unknown rank that a handler does not foresee. Each is
+    reported against a node of the graph, at once, and no raw exception escapes."""
+    import tensorflow as tf
+
+    from ferry.tf1.auto import UnsupportedGraph, translate
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 4], name="x")
+        text = v1.placeholder(tf.string, [None], name="text")
+        anything = v1.placeholder(tf.float32, None, name="anything")
+        outputs = {"doubled": tf.reshape(x, tf.stack([tf.shape(x)[0] * 2, -1])), "where": tf.where(x > 0.5),
+                   "concat": tf.concat([x, x], axis=tf.cast(x[0, 0], tf.int32)), "length": tf.strings.length(text),
+                   "cumsum": tf.math.cumsum(anything, axis=1)}
+        outputs = {name: tf.identity(t, name=name).name for name, t in outputs.items()}
     with pytest.raises(UnsupportedGraph) as info:
-        translate(graph, {k: f"{k}:0" for k in ("input_ids", "input_mask", "token_type_ids")},
-                  {"pooled": "pooled:0"}, "bert_tiny")
-    for op_type, node in info.value.found.items():
-        assert graph.get_operation_by_name(node).type == op_type.split(" ")[0]  # a real node of that type
-    [raw] = [t for t in info.value.found if "TypeError" in t]  # the error that escaped raw, now at its node
-    assert f"{raw} (e.g. {info.value.found[raw]})" in str(info.value)
+        translate(graph, {"x": "x:0", "text": "text:0", "anything": "anything:0"}, outputs, "odd")
+    found = info.value.found
+    for op_type, node in found.items():
+        graph.get_operation_by_name(node)  # a node of the graph, whatever failed
+        assert f"{op_type} (e.g. {node})" in str(info.value)
+    assert {"Mul(run-time shape)", "Where", "non-constant axis", "StringLength"} <= set(found), found
+    [raw] = [t for t in found if t.startswith("Cumsum (TypeError")]  # unforeseen, named at its node
+    assert graph.get_operation_by_name(found[raw]).type == "Cumsum"

@@ -2,7 +2,8 @@
 fusion rooted at it that matches (`fusions.FUSIONS`), else to the handler registered for its type.
 
 Looked through or folded on the way (`FOLDED`): identities, variables and their reads, constants,
-placeholders (the spec's inputs) and control flow with a constant predicate (`Switch`/`Merge`).
+placeholders (the spec's inputs), control flow with a constant predicate (`Switch`/`Merge`) and `Shape`
+(its arithmetic is evaluated at translation by the handlers that read a shape: `values.shape_value`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ferry.tf1.formats import weight_constants
 MAX_CONST = 4096  # elements: larger constants cannot live in a spec
 # Op types never translated into a node of their own: looked through, folded, or the spec's inputs.
 FOLDED = IDENTITY_OPS | VARIABLE_OPS | frozenset(
-    {"ReadVariableOp", "Const", "Placeholder", "PlaceholderWithDefault", "Switch", "Merge"})
+    {"ReadVariableOp", "Const", "Placeholder", "PlaceholderWithDefault", "Switch", "Merge", "Shape"})
 
 
 class UnsupportedGraph(ValueError):

@@ -7,6 +7,14 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+from ferry.tf1.auto.math import (
+    einsum_bias,
+    einsum_dense_with_bias,
+    gelu,
+    gelu_pattern,
+    l2_normalize,
+    l2_normalize_pattern,
+)
 from ferry.tf1.auto.nn import LINEAR, linear, tensordot
 from ferry.tf1.auto.registry import Fusion
 from ferry.tf1.auto.rnn import dynamic_rnn, rnn_output
@@ -39,4 +47,12 @@ FUSIONS: tuple[Fusion, ...] = (
     Fusion("tensordot dense", "BiasAdd", frozenset({"Reshape", "MatMul"}), _tensordot_under, _dense_with_bias),
     # dynamic_rnn: Transpose(TensorArrayGatherV3 after the while loop) -> one LSTM / GRU over all steps.
     Fusion("dynamic_rnn", "Transpose", frozenset({"TensorArrayGatherV3"}), rnn_output, dynamic_rnn),
+    # GELU op by op, x * 0.5 * (1 + erf(x / sqrt 2)) or BERT's tanh form, products in any order -> keras.ops.gelu.
+    Fusion("gelu", "Mul", frozenset({"Add", "AddV2", "Erf", "Tanh", "RealDiv", "Pow", "Square"}), gelu_pattern, gelu),
+    # tf.nn.l2_normalize: x * rsqrt(maximum(sum(square(x)), epsilon)) -> keras.ops.normalize.
+    Fusion("l2_normalize", "Mul", frozenset({"Rsqrt", "Maximum", "Sum", "Square"}), l2_normalize_pattern,
+           l2_normalize),
+    # An einsum with a variable kernel plus a variable bias (BERT's dense_layer_3d/2d) -> one EinsumDense.
+    *(Fusion("einsum bias", root, frozenset({"Einsum", "Reshape"}), einsum_bias, einsum_dense_with_bias)
+      for root in ("AddV2", "Add", "BiasAdd")),
 )
