@@ -308,17 +308,29 @@ def _lstm(sources: list[np.ndarray], target_shapes: list[Shape],
             new_bias.astype(bias.dtype, copy=False)]
 
 
-def _gru_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
-    """(input size, units), after checking every shape of the gru transform."""
-    return _cell_dims("gru", sources, target_shapes, 4, lambda n_in, units: {
+def _gru_units(sources: list[np.ndarray], target_shapes: list[Shape], name: str = "gru") -> tuple[int, int]:
+    """(input size, units), after checking every shape of the gru (or gru_block) transform."""
+    kernel, bias, cand_kernel, cand_bias = TRANSFORMS[name].sources
+    return _cell_dims(name, sources, target_shapes, 4, lambda n_in, units: {
         "target kernel": (tuple(target_shapes[0]), (n_in, 3 * units)),
         "target recurrent_kernel": (tuple(target_shapes[1]), (units, 3 * units)),
         "target bias (reset_after=False)": (tuple(target_shapes[2]), (3 * units,)),
-        "source gates/kernel": (tuple(sources[0].shape), (n_in + units, 2 * units)),
-        "source gates/bias": (tuple(sources[1].shape), (2 * units,)),
-        "source candidate/kernel": (tuple(sources[2].shape), (n_in + units, units)),
-        "source candidate/bias": (tuple(sources[3].shape), (units,)),
+        f"source {kernel}": (tuple(sources[0].shape), (n_in + units, 2 * units)),
+        f"source {bias}": (tuple(sources[1].shape), (2 * units,)),
+        f"source {cand_kernel}": (tuple(sources[2].shape), (n_in + units, units)),
+        f"source {cand_bias}": (tuple(sources[3].shape), (units,)),
     }, "TF1 GRUCell weights for a Keras GRU(reset_after=False)")
+
+
+def _gru_weights(sources: list[np.ndarray], target_shapes: list[Shape], name: str) -> list[np.ndarray]:
+    """Keras GRU(reset_after=False) kernel, recurrent kernel and bias from TF1's gates (r, u) and candidate."""
+    n_in, _ = _gru_units(sources, target_shapes, name)
+    gates_kernel, gates_bias, cand_kernel, cand_bias = sources
+    r_k, u_k = np.split(gates_kernel, 2, axis=1)
+    r_b, u_b = np.split(gates_bias, 2)
+    kernel = np.concatenate([u_k, r_k, cand_kernel], axis=1)
+    return [np.ascontiguousarray(kernel[:n_in]), np.ascontiguousarray(kernel[n_in:]),
+            np.concatenate([u_b, r_b, cand_bias])]
 
 
 @transform("gru", sources=("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias"),
@@ -333,13 +345,7 @@ def _gru(sources: list[np.ndarray], target_shapes: list[Shape],
     Both let the update gate keep the old state, so no sign flip: K = [G_u | G_r | C] over the
     input rows, R = the same over the state rows, bias = [g_u | g_r | b].
     """
-    n_in, units = _gru_units(sources, target_shapes)
-    gates_kernel, gates_bias, cand_kernel, cand_bias = sources
-    r_k, u_k = np.split(gates_kernel, 2, axis=1)
-    r_b, u_b = np.split(gates_bias, 2)
-    kernel = np.concatenate([u_k, r_k, cand_kernel], axis=1)
-    return [np.ascontiguousarray(kernel[:n_in]), np.ascontiguousarray(kernel[n_in:]),
-            np.concatenate([u_b, r_b, cand_bias])]
+    return _gru_weights(sources, target_shapes, "gru")
 
 
 @transform("gru_block", sources=("w_ru", "b_ru", "w_c", "b_c"), targets=("kernel", "recurrent_kernel", "bias"))
@@ -350,7 +356,7 @@ def _gru_block(sources: list[np.ndarray], target_shapes: list[Shape],
     The fused cell computes what GRUCell does, with the same weights under other names: `w_ru` [x, h] ->
     (r, u) is GRUCell's `gates/kernel`, `w_c` its `candidate/kernel`; so the layout is the `gru` transform's.
     """
-    return _gru(sources, target_shapes, params)
+    return _gru_weights(sources, target_shapes, "gru_block")
 
 
 def _basic_rnn_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:

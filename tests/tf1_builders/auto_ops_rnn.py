@@ -74,12 +74,18 @@ def case_time_major(rng: np.random.RandomState) -> Built:
 
 
 def case_static(rng: np.random.RandomState) -> Built:
-    """static_rnn with a BasicLSTMCell: the last output, a middle one, c, and the outputs stacked (`Pack`)."""
+    """static_rnn with a BasicLSTMCell: the last output, a middle one, c, and the outputs stacked (`Pack`);
+    over a time-major sequence unstacked (a GRUCell, outputs stacked on axis 0), and over steps of its own
+    (a BasicRNNCell)."""
     x, xs = sequences(rng)
     outputs, state = v1.nn.static_rnn(rnn_cell.BasicLSTMCell(4, forget_bias=0.7), tf.unstack(x, axis=1),
                                       dtype=tf.float32)
     read = {"last": outputs[-1], "third": outputs[2], "c": state.c, "stacked": tf.stack(outputs, 1)}
-    return {"x": x}, read, {"x": xs}
+    time_major, _ = v1.nn.static_rnn(rnn_cell.GRUCell(3), tf.unstack(tf.transpose(x, [1, 0, 2])), dtype=tf.float32,
+                                     scope="time_major")
+    steps = [x[:, t, :] * float(t + 1) for t in range(STEPS)]
+    _, own = v1.nn.static_rnn(rnn_cell.BasicRNNCell(3), steps, dtype=tf.float32, scope="own_steps")
+    return {"x": x}, {**read, "time_major": tf.stack(time_major), "own_steps": own}, {"x": xs}
 
 
 def case_block_cells(rng: np.random.RandomState) -> Built:

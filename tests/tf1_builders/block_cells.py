@@ -1,8 +1,9 @@
 """`tf.contrib.rnn`'s fused cells as TF 2.21 still builds them: contrib is gone, its kernels are not. Each
 class here is contrib's, cut to inference: the same variables under the same scope names (`lstm_cell/kernel`,
 `bias`, `w_*_diag`; `gru_cell/w_ru`, `b_ru`, `w_c`, `b_c`) read by the same ops (`LSTMBlockCell`,
-`GRUBlockCell`, `BlockLSTM`), so the graphs are those a TF1 model with contrib's cells holds. Imported by
-builders after `common` (TF1 behaviour set first)."""
+`GRUBlockCell`, `BlockLSTM`), so the graphs are those a TF1 model with contrib's cells holds; contrib's
+gradients of the step ops are registered here, so they train. Imported by builders (`common` first: TF1
+behaviour set before TensorFlow is used)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,34 @@ class GRUBlockCell(v1.nn.rnn_cell.RNNCell):
         _, _, _, h = tf.raw_ops.GRUBlockCell(x=inputs, h_prev=state, w_ru=self._w_ru, w_c=self._w_c, b_ru=self._b_ru,
                                              b_c=self._b_c)
         return h, h
+
+
+@tf.RegisterGradient("LSTMBlockCell")
+def _lstm_block_cell_grad(op: tf.Operation, *grads: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """contrib's gradient of `LSTMBlockCell` (TF 2.21 keeps the `LSTMBlockCellGrad` kernel, not this)."""
+    x, cs_prev, h_prev, w, wci, wcf, wco, b = op.inputs
+    i, cs, f, o, ci, co, _ = op.outputs
+    width = int(x.shape[1])
+    cs_prev_grad, dicfo, wci_grad, wcf_grad, wco_grad = tf.raw_ops.LSTMBlockCellGrad(
+        x=x, cs_prev=cs_prev, h_prev=h_prev, w=w, wci=wci, wcf=wcf, wco=wco, b=b, i=i, cs=cs, f=f, o=o, ci=ci,
+        co=co, cs_grad=grads[1], h_grad=grads[6], use_peephole=op.get_attr("use_peephole"))
+    xh_grad = tf.matmul(dicfo, w, transpose_b=True)
+    w_grad = tf.matmul(tf.concat([x, h_prev], 1), dicfo, transpose_a=True)
+    return (xh_grad[:, :width], cs_prev_grad, xh_grad[:, width:], w_grad, wci_grad, wcf_grad, wco_grad,
+            tf.raw_ops.BiasAddGrad(out_backprop=dicfo))
+
+
+@tf.RegisterGradient("GRUBlockCell")
+def _gru_block_cell_grad(op: tf.Operation, *grads: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """contrib's gradient of `GRUBlockCell` (TF 2.21 keeps the `GRUBlockCellGrad` kernel, not this)."""
+    x, h_prev, w_ru, w_c, b_ru, b_c = op.inputs
+    r, u, c, _ = op.outputs
+    d_x, d_h_prev, d_c_bar, d_ru_bar = tf.raw_ops.GRUBlockCellGrad(
+        x=x, h_prev=h_prev, w_ru=w_ru, w_c=w_c, b_ru=b_ru, b_c=b_c, r=r, u=u, c=c, d_h=grads[3])
+    d_w_ru = tf.matmul(tf.concat([x, h_prev], 1), d_ru_bar, transpose_a=True)
+    d_w_c = tf.matmul(tf.concat([x, h_prev * r], 1), d_c_bar, transpose_a=True)
+    return (d_x, d_h_prev, d_w_ru, d_w_c, tf.raw_ops.BiasAddGrad(out_backprop=d_ru_bar),
+            tf.raw_ops.BiasAddGrad(out_backprop=d_c_bar))
 
 
 def lstm_block_fused(inputs: tf.Tensor, num_units: int, forget_bias: float = 1.0,

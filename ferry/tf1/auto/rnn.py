@@ -39,13 +39,15 @@ if TYPE_CHECKING:
 
 PASS = IDENTITY_OPS | {"Enter", "RefEnter"}  # what a value crosses into a loop body through
 CELL_OPS = frozenset({"LSTMBlockCell", "GRUBlockCell"})  # a fused cell's step
+# a cell's activation (TF1's `activation=`), by op type
 ACTIVATIONS = {"Tanh": "tanh", "Relu": "relu", "Sigmoid": "sigmoid", "Elu": "elu", "Selu": "selu",
-               "Softsign": "softsign", "Softplus": "softplus"}
+               "Softplus": "softplus"}
 KERAS_STATES = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}  # Keras' state order, after the output
 TF1_STATES = {"lstm": ("c", "h"), "gru": ("h",), "rnn": ("h",)}  # TF1's (LSTMStateTuple is (c, h))
-# op types a static_rnn's per-step output or final state can be (an LSTM's h, its c, a GRU's h, a BasicRNNCell's
-# activation, and `Pack`, the outputs stacked; the fused cells' outputs are a handler's (`static_block_cell`)
-STATIC_ROOTS = ("Mul", "AddV2", "Add", "MatMul", "Maximum", "Tanh", "Relu", "Pack")
+# The op types a static_rnn's step output or final state can be: an LSTM's h (`Mul`, a projection's `MatMul`, a
+# clip's `Maximum`), its c (`AddV2`/`Add`), a GRU's h, a BasicRNNCell's activation; and `Pack`, the outputs
+# stacked. The fused cells' step ops are a handler's (`static_block_cell`): a fusion does not see which output.
+STATIC_ROOTS = ("Mul", "AddV2", "Add", "MatMul", "Maximum", *ACTIVATIONS, "Pack")
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,8 @@ def _lstm(tr: Translator, anchor: tf.Operation, kernel: str, split: tf.Operation
     return _checked(tr, _lstm_cell(scope, units, options, act, rules), anchor)
 
 
-def _lstm_cell(scope: str, units: int, options: dict[str, Any], act: str, rules: list) -> Cell:
+def _lstm_cell(scope: str, units: int, options: dict[str, Any], act: str,
+               rules: list[tuple[str, str, Any]]) -> Cell:
     """Keras' LSTM, or ferry's TF1LSTM when the cell has options Keras' has not."""
     options = {k: v for k, v in options.items() if v}
     config = {"class": "ferry.TF1LSTM" if options else "LSTM", "units": units, **options,
@@ -271,8 +274,8 @@ def _loop(tr: Translator, frame: str, exit_op: tf.Tensor) -> Recurrence:
     where = exit_op.op.name
     flows = [e for e in variables if e.inputs[0].op.type == "TensorArrayV3"]
     states = [e for e in variables if e not in flows and e.inputs[0].dtype.is_floating]
-    reads = [op for op in ops if op.type == "TensorArrayReadV3"]
-    if len(flows) != 1 or len(reads) != 1:
+    reads, writes = ([op for op in ops if op.type == t] for t in ("TensorArrayReadV3", "TensorArrayWriteV3"))
+    if len(flows) != 1 or len(reads) != 1 or len(writes) != 1:
         raise Unsupported("while loop (not a dynamic_rnn with one input and one output)", where)
     scatter = _consumer(_through(reads[0].inputs[0]).op.outputs[0], "TensorArrayScatterV3")
     if scatter is None:
@@ -290,17 +293,27 @@ def _loop(tr: Translator, frame: str, exit_op: tf.Tensor) -> Recurrence:
     cells = tuple(cell_of(tr, a) for a in anchors)
     if sum(len(TF1_STATES[c.kind]) for c in cells) != len(states):
         raise Unsupported("dynamic_rnn(state)", where)
-    final, rest = [], iter(states)
+    final, rest, below = [], iter(states), reads[0].outputs[0]
     for cell, anchor in zip(cells, anchors):
         entered = {name: next(rest) for name in TF1_STATES[cell.kind]}
         if not all(_is_zero(tr, e.inputs[0]) for e in entered.values()):
             raise Unsupported("dynamic_rnn(initial_state)", where)
-        switches = {name: _consumer(e.outputs[0].consumers()[0].outputs[0], "Switch") for name, e in entered.items()}
+        merges = {name: e.outputs[0].consumers()[0] for name, e in entered.items()}
+        switches = {name: _consumer(m.outputs[0], "Switch") for name, m in merges.items()}
         body_h = _consumer(switches["h"].outputs[1], *IDENTITY_OPS)
-        if body_h is None or _h_prev(anchor).name != body_h.outputs[0].name:
-            raise Unsupported("dynamic_rnn(state layout)", where)
+        if body_h is None or _h_prev(anchor).name != body_h.outputs[0].name or _x(anchor).name != below.name:
+            raise Unsupported("dynamic_rnn(state layout, or a cell wrapped in ops of its own)", where)
+        below = _unselected(merges["h"].inputs[1].op.inputs[0])  # the new h, the next cell's input
         final.append({name: _consumer(s.outputs[0], "Exit").outputs[0] for name, s in switches.items()})
+    if _unselected(writes[0].inputs[2]).name != below.name:
+        raise Unsupported("dynamic_rnn(outputs not the top cell's)", where)
     return Recurrence(cells, inputs, time_major, lengths, backwards, tuple(final))
+
+
+def _unselected(tensor: tf.Tensor) -> tf.Tensor:
+    """A value the loop body hands on, before `sequence_length`'s `Select` (zeros or the state kept past
+    the length)."""
+    return tensor.op.inputs[2] if tensor.op.type == "Select" else tensor
 
 
 def _is_kernel(tr: Translator, matmul: tf.Operation) -> bool:
