@@ -44,7 +44,8 @@ def manifest(folder: Path) -> dict[str, dict[str, str]]:
 
 def path_op_types(graph: tf.Graph, inputs: list[str], outputs: list[str]) -> set[str]:
     """Op types on the data paths from `inputs` to `outputs` (tensor names): not through ops that read only
-    a shape, nor inside while loops (dynamic_rnn's loop is translated as a whole)."""
+    a shape, nor inside while loops (dynamic_rnn's loop is translated as a whole; its `Exit`s, read after
+    it, count)."""
     sources = [graph.get_tensor_by_name(t).op for t in inputs]
     ahead, stack = {op.name for op in sources}, list(sources)
     while stack:
@@ -62,10 +63,9 @@ def path_op_types(graph: tf.Graph, inputs: list[str], outputs: list[str]) -> set
     loops, stack = set(), [op for op in graph.get_operations() if op.type == "Enter"]
     while stack:
         op = stack.pop()
-        if op.name not in loops:
+        if op.name not in loops and op.type != "Exit":
             loops.add(op.name)
-            if op.type != "Exit":
-                stack.extend(u for out in op.outputs for u in out.consumers())
+            stack.extend(u for out in op.outputs for u in out.consumers())
     return {graph.get_operation_by_name(name).type for name in (ahead & behind) - loops}
 
 

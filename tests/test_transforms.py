@@ -20,6 +20,7 @@ import tensorflow as tf
 from conftest import REPO, run_tf1_script
 
 import ferry  # noqa: F401  (TF environment defaults before TensorFlow loads)
+from ferry.keras3.layers import TF1LSTM
 from ferry.mapping.transforms import (
     TRANSFORMS,
     TransformError,
@@ -150,6 +151,37 @@ def test_gru_matches_tf1_cell(refs: Refs) -> None:
     got = run_rnn(keras.layers.GRU(8, reset_after=False, return_sequences=True), refs,
                   "gru/gru_cell", "gru")
     np.testing.assert_allclose(got, refs.output("gru"), **TOL)
+
+
+@against_tf1("gru_block")
+def test_gru_block_matches_tf1_cell(refs: Refs) -> None:
+    got = run_rnn(keras.layers.GRU(8, reset_after=False, return_sequences=True), refs, "gru_block/gru_cell",
+                  "gru_block")
+    np.testing.assert_allclose(got, refs.output("gru_block"), **TOL)
+
+
+@against_tf1("basic_rnn")
+def test_basic_rnn_matches_tf1_cell(refs: Refs) -> None:
+    got = run_rnn(keras.layers.SimpleRNN(8, return_sequences=True), refs, "basic_rnn/basic_rnn_cell", "basic_rnn")
+    np.testing.assert_allclose(got, refs.output("basic_rnn"), **TOL)
+
+
+@against_tf1("lstm")
+def test_lstm_with_peepholes_projection_and_clips(refs: Refs) -> None:
+    """ferry's TF1LSTM: the `lstm` transform gives it a recurrent kernel of `num_proj` rows; the peephole
+    weights and the projection are TF1's as they are. Both clips bite on these weights."""
+    scope, seq = "projected/lstm_cell", refs.input("seq")
+    layer = TF1LSTM(8, num_proj=5, use_peepholes=True, cell_clip=0.8, proj_clip=0.3, return_sequences=True)
+    layer(seq)
+    assign_scope(layer, "lstm", refs.scope(scope, ("kernel", "bias")),
+                 {"forget_bias": lstm_forget_bias(refs.graph, scope)})
+    weights = {w.path.rsplit("/", 1)[-1]: w for w in layer.weights}
+    for name in ("w_i_diag", "w_f_diag", "w_o_diag"):
+        weights[name].assign(refs.var(f"{scope}/{name}"))
+    weights["projection_kernel"].assign(refs.var(f"{scope}/projection/kernel"))
+    want = refs.output("projected")
+    assert np.abs(want).max() == pytest.approx(0.3)  # the projection clip bites
+    np.testing.assert_allclose(np.asarray(layer(seq)), want, **TOL)
 
 
 @pytest.mark.tf1

@@ -246,12 +246,18 @@ def _attention_heads(sources: list[np.ndarray], target_shapes: list[Shape],
 
 
 def _cell_dims(name: str, sources: list[np.ndarray], target_shapes: list[Shape], n_sources: int,
-               want: Callable[[int, int], dict[str, tuple[Shape, Shape]]], what: str) -> tuple[int, int]:
+               want: Callable[[int, int], dict[str, tuple[Shape, Shape]]], what: str,
+               gates: int | None = None) -> tuple[int, int]:
     """(input size, units) of a recurrent cell, read from the Keras targets (kernel, recurrent_kernel,
-    bias); every shape in `want(n_in, units)` (label -> (got, expected)) must agree, else TransformError."""
+    bias): units are the recurrent kernel's rows, or the bias over `gates` when given (an LSTM whose output
+    is projected: its recurrent kernel has a row per output). Every shape in `want(n_in, units)` (label ->
+    (got, expected)) must agree, else TransformError."""
     _expect_counts(name, sources, target_shapes, n_sources, 3)
-    t_kernel, t_recurrent = tuple(target_shapes[0]), tuple(target_shapes[1])
-    units = t_recurrent[0] if len(t_recurrent) == 2 else -1
+    t_kernel, t_recurrent, t_bias = (tuple(t) for t in target_shapes)
+    if gates:
+        units = t_bias[0] // gates if len(t_bias) == 1 and t_bias[0] % gates == 0 else -1
+    else:
+        units = t_recurrent[0] if len(t_recurrent) == 2 else -1
     n_in = t_kernel[0] if len(t_kernel) == 2 else -1
     wrong = [f"{label} {list(w)} (got {list(g)})" for label, (g, w) in want(n_in, units).items() if g != w]
     if units <= 0 or n_in <= 0 or wrong:
@@ -261,14 +267,16 @@ def _cell_dims(name: str, sources: list[np.ndarray], target_shapes: list[Shape],
 
 
 def _lstm_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
-    """(input size, units), after checking every shape of the lstm transform."""
+    """(input size, units), after checking every shape of the lstm transform; the recurrent kernel has a
+    row per output: `units`, or `num_proj` for a cell with a projection."""
+    outputs = tuple(target_shapes[1])[0] if len(target_shapes) == 3 and len(target_shapes[1]) == 2 else -1
     return _cell_dims("lstm", sources, target_shapes, 2, lambda n_in, units: {
         "target kernel": (tuple(target_shapes[0]), (n_in, 4 * units)),
-        "target recurrent_kernel": (tuple(target_shapes[1]), (units, 4 * units)),
+        "target recurrent_kernel": (tuple(target_shapes[1]), (outputs, 4 * units)),
         "target bias": (tuple(target_shapes[2]), (4 * units,)),
-        "source kernel": (tuple(sources[0].shape), (n_in + units, 4 * units)),
+        "source kernel": (tuple(sources[0].shape), (n_in + outputs, 4 * units)),
         "source bias": (tuple(sources[1].shape), (4 * units,)),
-    }, "TF1 LSTMCell kernel [input + units, 4*units] and bias [4*units] for a Keras LSTM")
+    }, "TF1 LSTMCell kernel [input + outputs, 4*units] and bias [4*units] for a Keras LSTM", gates=4)
 
 
 @transform("lstm", sources=("kernel", "bias"), targets=("kernel", "recurrent_kernel", "bias"),
@@ -276,12 +284,13 @@ def _lstm_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[
                                   "with lstm_forget_bias)"})
 def _lstm(sources: list[np.ndarray], target_shapes: list[Shape],
           params: dict[str, Any]) -> list[np.ndarray]:
-    """TF1 LSTMCell/BasicLSTMCell (i,j,f,o; forget_bias) -> Keras LSTM (i,f,c,o).
+    """TF1 LSTMCell/BasicLSTMCell/LSTMBlockCell (i,j,f,o; forget_bias) -> Keras LSTM (i,f,c,o).
 
     TF1: [i, j, f, o] = [x, h] @ W + b; c' = s(f + forget_bias) * c + s(i) * tanh(j).
     Keras: [i, f, c, o] = x @ K + h @ R + b'; c' = s(f) * c + s(i) * tanh(c).
     So columns go i, j, f, o -> i, f, j, o; K = rows [:input], R = rows [input:];
-    b' = b reordered with forget_bias added to its f part.
+    b' = b reordered with forget_bias added to its f part. With a projection (`num_proj`, ferry's
+    TF1LSTM) h is the projected output and R has a row per projected unit.
     """
     n_in, units = _lstm_units(sources, target_shapes)
     forget_bias = _float_param("lstm", params, "forget_bias", 1.0)
@@ -299,17 +308,29 @@ def _lstm(sources: list[np.ndarray], target_shapes: list[Shape],
             new_bias.astype(bias.dtype, copy=False)]
 
 
-def _gru_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
-    """(input size, units), after checking every shape of the gru transform."""
-    return _cell_dims("gru", sources, target_shapes, 4, lambda n_in, units: {
+def _gru_units(sources: list[np.ndarray], target_shapes: list[Shape], name: str = "gru") -> tuple[int, int]:
+    """(input size, units), after checking every shape of the gru (or gru_block) transform."""
+    kernel, bias, cand_kernel, cand_bias = TRANSFORMS[name].sources
+    return _cell_dims(name, sources, target_shapes, 4, lambda n_in, units: {
         "target kernel": (tuple(target_shapes[0]), (n_in, 3 * units)),
         "target recurrent_kernel": (tuple(target_shapes[1]), (units, 3 * units)),
         "target bias (reset_after=False)": (tuple(target_shapes[2]), (3 * units,)),
-        "source gates/kernel": (tuple(sources[0].shape), (n_in + units, 2 * units)),
-        "source gates/bias": (tuple(sources[1].shape), (2 * units,)),
-        "source candidate/kernel": (tuple(sources[2].shape), (n_in + units, units)),
-        "source candidate/bias": (tuple(sources[3].shape), (units,)),
+        f"source {kernel}": (tuple(sources[0].shape), (n_in + units, 2 * units)),
+        f"source {bias}": (tuple(sources[1].shape), (2 * units,)),
+        f"source {cand_kernel}": (tuple(sources[2].shape), (n_in + units, units)),
+        f"source {cand_bias}": (tuple(sources[3].shape), (units,)),
     }, "TF1 GRUCell weights for a Keras GRU(reset_after=False)")
+
+
+def _gru_weights(sources: list[np.ndarray], target_shapes: list[Shape], name: str) -> list[np.ndarray]:
+    """Keras GRU(reset_after=False) kernel, recurrent kernel and bias from TF1's gates (r, u) and candidate."""
+    n_in, _ = _gru_units(sources, target_shapes, name)
+    gates_kernel, gates_bias, cand_kernel, cand_bias = sources
+    r_k, u_k = np.split(gates_kernel, 2, axis=1)
+    r_b, u_b = np.split(gates_bias, 2)
+    kernel = np.concatenate([u_k, r_k, cand_kernel], axis=1)
+    return [np.ascontiguousarray(kernel[:n_in]), np.ascontiguousarray(kernel[n_in:]),
+            np.concatenate([u_b, r_b, cand_bias])]
 
 
 @transform("gru", sources=("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias"),
@@ -324,13 +345,41 @@ def _gru(sources: list[np.ndarray], target_shapes: list[Shape],
     Both let the update gate keep the old state, so no sign flip: K = [G_u | G_r | C] over the
     input rows, R = the same over the state rows, bias = [g_u | g_r | b].
     """
-    n_in, units = _gru_units(sources, target_shapes)
-    gates_kernel, gates_bias, cand_kernel, cand_bias = sources
-    r_k, u_k = np.split(gates_kernel, 2, axis=1)
-    r_b, u_b = np.split(gates_bias, 2)
-    kernel = np.concatenate([u_k, r_k, cand_kernel], axis=1)
-    return [np.ascontiguousarray(kernel[:n_in]), np.ascontiguousarray(kernel[n_in:]),
-            np.concatenate([u_b, r_b, cand_bias])]
+    return _gru_weights(sources, target_shapes, "gru")
+
+
+@transform("gru_block", sources=("w_ru", "b_ru", "w_c", "b_c"), targets=("kernel", "recurrent_kernel", "bias"))
+def _gru_block(sources: list[np.ndarray], target_shapes: list[Shape],
+               params: dict[str, Any]) -> list[np.ndarray]:
+    """TF1 GRUBlockCell (w_ru, b_ru, w_c, b_c) -> Keras GRU(reset_after=False) (z,r,h).
+
+    The fused cell computes what GRUCell does, with the same weights under other names: `w_ru` [x, h] ->
+    (r, u) is GRUCell's `gates/kernel`, `w_c` its `candidate/kernel`; so the layout is the `gru` transform's.
+    """
+    return _gru_weights(sources, target_shapes, "gru_block")
+
+
+def _basic_rnn_units(sources: list[np.ndarray], target_shapes: list[Shape]) -> tuple[int, int]:
+    """(input size, units), after checking every shape of the basic_rnn transform."""
+    return _cell_dims("basic_rnn", sources, target_shapes, 2, lambda n_in, units: {
+        "target kernel": (tuple(target_shapes[0]), (n_in, units)),
+        "target recurrent_kernel": (tuple(target_shapes[1]), (units, units)),
+        "target bias": (tuple(target_shapes[2]), (units,)),
+        "source kernel": (tuple(sources[0].shape), (n_in + units, units)),
+        "source bias": (tuple(sources[1].shape), (units,)),
+    }, "TF1 BasicRNNCell kernel [input + units, units] and bias [units] for a Keras SimpleRNN")
+
+
+@transform("basic_rnn", sources=("kernel", "bias"), targets=("kernel", "recurrent_kernel", "bias"))
+def _basic_rnn(sources: list[np.ndarray], target_shapes: list[Shape],
+               params: dict[str, Any]) -> list[np.ndarray]:
+    """TF1 BasicRNNCell ([x, h] kernel) -> Keras SimpleRNN (kernel, recurrent_kernel).
+
+    TF1: h' = act([x, h] @ W + b); Keras: h' = act(x @ K + h @ R + b): K = rows [:input], R = rows [input:].
+    """
+    n_in, _ = _basic_rnn_units(sources, target_shapes)
+    kernel, bias = sources
+    return [np.ascontiguousarray(kernel[:n_in]), np.ascontiguousarray(kernel[n_in:]), bias]
 
 
 def get_transform(name: str) -> Transform:

@@ -134,6 +134,8 @@ def is_candidate_output(
         return False
     if not op.outputs or not (op.outputs[0].dtype.is_floating or op.outputs[0].dtype.is_integer):
         return False
+    if op.outputs[0].shape.rank == 0:  # a scalar is no per-example output (dynamic_rnn's loop counters, min length)
+        return False
     return not any(feeds_inference(u, classes, users) for u in users.get(op.name, []))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from block_cells import GRUBlockCell  # contrib's fused GRU, as TF 2.21 builds it
 
 v1 = tf.compat.v1
 RNG = np.random.default_rng(0)
@@ -54,7 +55,11 @@ def references(x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     is_training = v1.placeholder_with_default(False, [], name="is_training")
     cells = {"lstm": v1.nn.rnn_cell.LSTMCell(8, forget_bias=1.0),
              "basic": v1.nn.rnn_cell.BasicLSTMCell(8, forget_bias=0.5),
-             "gru": v1.nn.rnn_cell.GRUCell(8)}
+             "gru": v1.nn.rnn_cell.GRUCell(8),
+             "projected": v1.nn.rnn_cell.LSTMCell(8, forget_bias=0.5, use_peepholes=True, num_proj=5, cell_clip=0.8,
+                                                  proj_clip=0.3),
+             "basic_rnn": v1.nn.rnn_cell.BasicRNNCell(8),
+             "gru_block": GRUBlockCell(8)}
     cells["stack"] = v1.nn.rnn_cell.MultiRNNCell(
         [v1.nn.rnn_cell.LSTMCell(8, forget_bias=0.25), v1.nn.rnn_cell.BasicLSTMCell(8, forget_bias=2.0)])
     out = {name: v1.nn.dynamic_rnn(cell, x["seq"], dtype=tf.float32, scope=name)[0] for name, cell in cells.items()}

@@ -154,10 +154,18 @@ class Translator:
                 name = layer_name(op.name)
                 self.names[tensor.name] = name
                 for upstream in op.inputs:  # keep walking, so every unsupported op type is listed at once
-                    if self.variable(upstream) is None and self.static(upstream) is None:
+                    if self._plain(upstream):
                         self.node(upstream)
         self.names[tensor.name] = name
         return name
+
+    def _plain(self, tensor: tf.Tensor) -> bool:
+        """Neither a variable nor a constant: a tensor to walk on to. A while loop's `Switch` behind an
+        unsupported `Exit` is not walked on (its predicate is not constant)."""
+        try:
+            return self.variable(tensor) is None and self.static(tensor) is None
+        except Unsupported:
+            return False
 
     def _emit_named(self, op: tf.Operation, tensor: tf.Tensor) -> str:
         """`emit`, with any error a handler did not foresee reported against this node, never raw."""

@@ -1,0 +1,215 @@
+"""`architecture: auto` on TF1 recurrent networks (issue 13): real `rnn_cell` cells in every form `auto`
+translates (tests/tf1_builders/rnn_graphs.py: dynamic_rnn read for its final states, MultiRNNCell,
+bidirectional_dynamic_rnn with lengths, peepholes and a projection, GRU, BasicRNNCell, contrib's fused cells,
+static_rnn), trained a few steps and saved by TF1, convert and match the TF1 graph at 1e-5 on every shard;
+their drafted specs migrate unchanged (stage by stage, and by the flow); and a model using ferry's recurrent
+layers exports to `.keras`, which reloads with `import ferry.keras3.layers` and matches TF1 on JAX too."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_tf1_script
+
+from ferry.cli import main
+from ferry.shards import load_shard
+from ferry.spec import ModelSpec, load_spec
+from ferry.stages import WorkDir
+from ferry.tf1.auto import UnsupportedGraph, translate
+from ferry.tf1.load import load_graph
+from ferry.tf1.session import run_tf1
+from flows.migrate import migrate_catalogue
+from tasks.export import export_savedmodel
+from tasks.inspect import inspect_graph
+from tasks.reconstruct import reconstruct
+from tasks.restore import restore_weights
+from tasks.verify import verify_shard_records
+
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+# model -> the recurrent layers it becomes (a MaskedRNN as `MaskedRNN(<its layer>)`)
+LAYERS = {
+    "final_state": {"LSTM"},
+    "stacked_lengths": {"MaskedRNN(LSTM)"},
+    "bidirectional": {"MaskedRNN(LSTM)"},
+    "peephole_projection": {"MaskedRNN(ferry.TF1LSTM)"},
+    "gru": {"GRU"},
+    "basic_rnn": {"SimpleRNN"},
+    "block_cells": {"ferry.TF1LSTM", "MaskedRNN(GRU)", "LSTM"},
+    "static_rnn": {"GRU", "LSTM"},
+}
+RECURRENT = {"LSTM", "GRU", "SimpleRNN", "ferry.TF1LSTM", "ferry.MaskedRNN"}
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rnn")
+    run_tf1_script(REPO / "tests" / "tf1_builders" / "rnn_graphs.py", out)
+    return out
+
+
+def auto_spec(folder: Path, tmp_path: Path) -> ModelSpec:
+    """The model's spec with `architecture: auto`, verified at 1e-5."""
+    found = json.loads((folder / "manifest.json").read_text())
+    return ModelSpec.model_validate({
+        "name": folder.name, "source": {"meta": folder / "model.ckpt.meta", **found}, "architecture": "auto",
+        "name_map": {"skip": ["optimizer"]}, "export": {"dir": tmp_path / "export" / folder.name},
+        "verify": {"shards": str(folder / "shards" / "*.npz"), "tolerance": TOLERANCE}})
+
+
+def migrated(spec: ModelSpec, work: Path) -> tuple[dict, dict, list[dict]]:
+    """inspect, reconstruct, restore and verify every shard, as the flow runs them: (model info, restore's
+    result, the shard records)."""
+    inspected = inspect_graph(spec, WorkDir(work))
+    info = reconstruct(spec, inspected)
+    restored = restore_weights(spec, info, inspected, WorkDir(work))
+    records = [verify_shard_records(spec, info, restored, shard, i) for i, shard in enumerate(spec.shard_paths())]
+    return info, restored, records
+
+
+def layer_classes(nodes: list[dict]) -> set[str]:
+    return {f"MaskedRNN({n['layer']['class']})" if n.get("class") == "ferry.MaskedRNN" else n["class"]
+            for n in nodes if n.get("class") in RECURRENT}
+
+
+@pytest.mark.tf1
+@pytest.mark.parametrize("name", LAYERS)
+def test_rnn_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
+    spec = auto_spec(graphs / name, tmp_path)
+    info, restored, records = migrated(spec, tmp_path)
+    assert restored["coverage"]["model_weights"] == 1.0
+    assert layer_classes(info["auto"]["architecture"]["graph"]["nodes"]) == LAYERS[name]
+    assert len(records) == 2
+    for record in records:
+        assert set(record["outputs"]) == set(spec.source.outputs)
+        for out in record["outputs"].values():
+            assert out["passed"] and out["max_abs_err"] <= 1e-5, out
+    print(name, max(out["max_abs_err"] for r in records for out in r["outputs"].values()))
+
+
+@pytest.mark.tf1
+def test_rnn_layers_are_named_after_the_cells_and_bound_by_transforms(graphs, tmp_path):
+    spec = auto_spec(graphs / "bidirectional", tmp_path)
+    info = reconstruct(spec, inspect_graph(spec, WorkDir(tmp_path)))
+    nodes = {n["name"]: n for n in info["auto"]["architecture"]["graph"]["nodes"]}
+    backward = nodes["bidirectional_rnn.bw.lstm_cell"]
+    assert backward["inputs"] == ["embedding", "lengths"]
+    assert backward["layer"] == {"class": "LSTM", "units": 10, "go_backwards": True, "zero_output_for_mask": True,
+                                 "name": "rnn", "return_state": True, "return_sequences": True}
+    assert nodes["bidirectional_rnn.bw.lstm_cell.unreversed"] == {
+        "name": "bidirectional_rnn.bw.lstm_cell.unreversed", "op": "flip",
+        "inputs": ["bidirectional_rnn.bw.lstm_cell.sequence"], "axis": 1}
+    assert {"from": "bidirectional_rnn/bw/lstm_cell", "to": "bidirectional_rnn.bw.lstm_cell/rnn/lstm_cell",
+            "match": "exact", "transform": {"lstm": {"forget_bias": 1.0}}} in info["auto"]["rules"]
+
+    spec = auto_spec(graphs / "peephole_projection", tmp_path)
+    info = reconstruct(spec, inspect_graph(spec, WorkDir(tmp_path)))
+    [lstm] = [n for n in info["auto"]["architecture"]["graph"]["nodes"] if n["name"] == "rnn.lstm_cell"]
+    assert {k: lstm["layer"][k] for k in ("class", "units", "num_proj", "use_peepholes", "cell_clip", "proj_clip")} == {
+        "class": "ferry.TF1LSTM", "units": 12, "num_proj": 6, "use_peepholes": True, "cell_clip": 0.6,
+        "proj_clip": 0.25}
+    rules = {r["from"]: r for r in info["auto"]["rules"]}
+    assert rules["rnn/lstm_cell/projection/kernel"]["to"] == "rnn.lstm_cell/rnn/lstm_cell/projection_kernel"
+    assert rules["rnn/lstm_cell/w_f_diag"]["to"] == "rnn.lstm_cell/rnn/lstm_cell/w_f_diag"
+
+
+@pytest.mark.tf1
+def test_rnn_forms_auto_does_not_translate_are_named(graphs):
+    meta = graphs / "unsupported" / "model.ckpt.meta"
+    found = json.loads((graphs / "unsupported" / "manifest.json").read_text())
+    with pytest.raises(UnsupportedGraph) as err:
+        translate(load_graph(meta), found["inputs"], found["outputs"], str(meta))
+    assert err.value.found["dynamic_rnn(initial_state)"] == "given/while/Exit_3"
+    assert err.value.found["dynamic_rnn(outputs not the top cell's)"].startswith("residual/while/")
+    assert any(node.startswith("static/") for node in err.value.found.values())  # static_rnn with lengths: its conds
+    with pytest.raises(UnsupportedGraph) as err:  # the final state named as the output itself
+        translate(load_graph(meta), found["inputs"], {"state": "given/while/Exit_3:0"}, str(meta))
+    assert err.value.found == {"dynamic_rnn(initial_state)": "given/while/Exit_3"}
+
+
+@pytest.mark.tf1
+def test_drafted_rnn_specs_migrate_unchanged(graphs, tmp_path):
+    """`ferry draft-spec` writes the translation as a graph spec (ferry's layers, their nested layer config, the
+    Pick nodes, the rules) that validates and migrates as written."""
+    for name in ("stacked_lengths", "bidirectional", "peephole_projection", "block_cells", "static_rnn"):
+        path = tmp_path / "models" / f"{name}.yaml"
+        assert main(["draft-spec", str(graphs / name / "model.ckpt.meta"), "-o", str(path)]) == 0
+        spec = load_spec(path)
+        assert spec.architecture != "auto" and spec.verify.tolerance.atol == 1e-5
+        _, restored, records = migrated(spec, tmp_path / "work" / name)
+        assert restored["coverage"]["model_weights"] == 1.0
+        assert "probs" in spec.source.outputs and all(r["passed"] for r in records), (name, records)
+
+
+@pytest.mark.tf1
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_harness")
+def test_drafted_rnn_specs_migrate_with_the_flow(graphs, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "specs"
+    names = ("bidirectional", "peephole_projection", "block_cells", "static_rnn")
+    for name in names:
+        out = folder / "models" / f"{name}.yaml"
+        assert main(["draft-spec", str(graphs / name / "model.ckpt.meta"), "-o", str(out)]) == 0
+    (folder / "catalogue.yaml").write_text("models: [models/*.yaml]\ntracking: {experiment: rnn-drafts}\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["validate", str(folder / "catalogue.yaml")]) == 0
+    assert f"{len(names)} of {len(names)} specs valid" in capsys.readouterr().out
+    rows = migrate_catalogue(str(folder / "catalogue.yaml"))
+    assert sorted(r["model"] for r in rows) == sorted(names)
+    assert all(r["status"] == "passed" and r["coverage"] == 1.0 for r in rows), rows
+
+
+# Loads `.keras` files with Keras alone (the backend of KERAS_BACKEND), ferry's layers imported, and compares
+# them with the TF1 outputs. argv[1]: JSON list of {"keras", "npz"}; prints {file: max abs error per output}.
+LOAD_KERAS = """
+import json, sys
+import numpy as np
+import keras
+import ferry.keras3.layers  # noqa: F401  (ferry's layers, registered)
+
+errors = {}
+for job in json.loads(sys.argv[1]):
+    model = keras.saving.load_model(job["keras"])
+    with np.load(job["npz"]) as data:
+        inputs = [data[k] for k in data.files if k.startswith("in.")]
+        want = {k[4:]: data[k] for k in data.files if k.startswith("out.")}
+    got = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
+    got = dict(zip(want, got if isinstance(got, list) else [got]))
+    errors[job["keras"]] = {k: [float(np.abs(got[k] - want[k]).max()), bool(np.allclose(got[k], want[k], 1e-5, 1e-5))]
+                            for k in want}
+print(json.dumps({"backend": keras.backend.backend(), "errors": errors,
+                  "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+@pytest.mark.tf1
+def test_keras_export_of_ferry_rnn_layers_reloads_and_matches_on_jax(graphs, tmp_path):
+    jobs = []
+    for name in ("bidirectional", "peephole_projection", "block_cells"):
+        spec = auto_spec(graphs / name, tmp_path)
+        inspected = inspect_graph(spec, WorkDir(tmp_path / name))
+        info = reconstruct(spec, inspected)
+        restored = restore_weights(spec, info, inspected, WorkDir(tmp_path / name))
+        exported = export_savedmodel(spec, info, restored, spec.shard_paths()[0])
+        keras_record = exported["keras"]
+        assert keras_record["portable"] and all(out["passed"] for out in keras_record["outputs"].values())
+        assert set(keras_record["custom_layers"]) >= {"ferry.keras3.layers.Pick"}
+        arrays = load_shard(spec, spec.shard_paths()[0])
+        npz = tmp_path / f"{name}.npz"
+        np.savez(npz, **{f"in.{k}": arrays[k] for k in spec.source.inputs},
+                 **{f"out.{k}": v for k, v in run_tf1(spec, arrays, spec.verify.batch_size, "/CPU:0").items()})
+        jobs.append({"keras": keras_record["path"], "npz": str(npz)})
+    done = subprocess.run([sys.executable, "-c", LOAD_KERAS, json.dumps(jobs)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax",
+                                                          "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["backend"] == "jax" and not loaded["tensorflow"]
+    failed = {path: out for path, outs in loaded["errors"].items() for out in outs.values() if not out[1]}
+    assert not failed, loaded["errors"]
+    print(loaded["errors"])
