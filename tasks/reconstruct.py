@@ -53,7 +53,7 @@ def reconstruct(spec: ModelSpec, inspected: Inspected) -> Reconstructed:
     if spec.architecture == "auto":
         derived = translate(load_graph(spec.source), spec.source.inputs, spec.source.outputs,
                             str(spec.source.artifact))
-        info["auto"] = {"architecture": derived.architecture(), "rules": derived.rules}
+        info["auto"] = {"architecture": derived.architecture(), "rules": derived.rules, "tensors": derived.tensors}
     model = model_from_info(spec, info)
     weights = {path: {"shape": list(w.shape), "dtype": w.dtype} for path, w in weight_paths(model).items()}
     return {**info, "weights": weights, "params": int(model.count_params())}
