@@ -76,6 +76,12 @@ class Parity:
                 self.agree_top5 += int(np.sum(np.all(top[0] == top[1], axis=-1)))
         return self
 
+    @property
+    def passing(self) -> bool:
+        """Whether everything added so far is within tolerance (the verdict of `result`)."""
+        nonfinite_ok = self.mismatched == 0 and (self.tol.allow_nonfinite or not (self.ref_bad or self.cand_bad))
+        return not self.error and self.close and nonfinite_ok
+
     def result(self) -> dict[str, Any]:
         """The output's parity record."""
         if self.error:
@@ -83,7 +89,7 @@ class Parity:
         bad = self.ref_bad or self.cand_bad
         nonfinite_ok = self.mismatched == 0 and (self.tol.allow_nonfinite or not bad)
         result: dict[str, Any] = {
-            "passed": self.close and nonfinite_ok,
+            "passed": self.passing,
             "max_abs_err": self.max_abs,
             "mean_abs_err": self.sum_abs / self.finite if self.finite else 0.0,
             "max_rel_err": self.max_rel,
@@ -130,14 +136,24 @@ def agreement(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             for name, (n, a, n5, a5) in totals.items()}
 
 
+def shard_problem(record: dict[str, Any], divergence: bool = True) -> str:
+    """What is wrong with a failing shard: its outputs out of tolerance and, when it was found (and
+    `divergence`), the first divergent layer."""
+    from ferry.divergence import describe  # ferry.divergence compares with this module's `compare`
+
+    worst = {name: out.get("error") or f"max abs err {out['max_abs_err']:.3g} (atol {out['atol']:g}, "
+             f"rtol {out['rtol']:g})" for name, out in record["outputs"].items() if not out["passed"]}
+    found = record.get("first_divergence") if divergence else None
+    return f"shard {record['shard']} out of tolerance: {worst}" + (f"; {describe(found)}" if found else "")
+
+
 class ParityError(AssertionError):
-    """A shard whose Keras outputs are out of tolerance; carries the shard's parity record."""
+    """A shard whose Keras outputs are out of tolerance; carries the shard's parity record (with its
+    `first_divergence`, when verify looked for it)."""
 
     def __init__(self, record: dict[str, Any]):
         self.record = record
-        worst = {name: out.get("error") or f"max abs err {out['max_abs_err']:.3g} (atol {out['atol']:g}, "
-                 f"rtol {out['rtol']:g})" for name, out in record["outputs"].items() if not out["passed"]}
-        super().__init__(f"shard {record['shard']} out of tolerance: {worst}")
+        super().__init__(shard_problem(record))
 
     def __reduce__(self):
         return (ParityError, (self.record,))
@@ -148,12 +164,19 @@ class VerificationFailed(AssertionError):
 
 
 def judge(records: list[dict[str, Any]], errors: list[str], report_path: Path) -> dict[str, Any]:
-    """Write the parity report over all shards (with the whole data set's top-1/top-5 agreement); raise
-    VerificationFailed if any shard failed."""
+    """Write the parity report over all shards (with the whole data set's top-1/top-5 agreement and the
+    first divergence of the first failing shard that has one); raise VerificationFailed if any shard failed,
+    the first divergent layer named first."""
+    from ferry.divergence import describe
+
     report = {"shards": records, "passed": not errors and all(r["passed"] for r in records),
               "agreement": agreement(records)}
+    first = next((r["first_divergence"] for r in sorted(records, key=lambda r: r["index"])
+                  if not r["passed"] and r.get("first_divergence")), None)
+    if first is not None:
+        report["first_divergence"] = first
     write_atomically(report_path, json.dumps(report, indent=1))
-    problems = [str(ParityError(r)) for r in records if not r["passed"]] + errors
+    problems = [shard_problem(r, divergence=False) for r in records if not r["passed"]] + errors
     if problems:
-        raise VerificationFailed("; ".join(problems))
+        raise VerificationFailed("; ".join(([describe(first)] if first else []) + problems))
     return report

@@ -47,7 +47,7 @@ class Reconstructed(TypedDict):
 
     inputs: dict[str, InputSignature]
     graph_values: dict[str, dict]
-    auto: NotRequired[dict]  # {"architecture": ..., "rules": [...]}
+    auto: NotRequired[dict]  # {"architecture": ..., "rules": [...], "tensors": {node: the TF1 tensor it computes}}
     weights: dict[str, dict]  # weight path -> {"shape", "dtype"}
     params: int
 
@@ -70,6 +70,7 @@ class ShardParity(TypedDict):
     rows: int
     passed: bool
     outputs: dict[str, dict]
+    first_divergence: NotRequired[dict]  # a failing shard: `ferry.divergence.FirstDivergence`
     files: NotRequired[Files]  # both sides' outputs, for the review plots
 
 

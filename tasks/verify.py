@@ -1,6 +1,7 @@
 """Stage 4: run the TF1 graph and the Keras model on one dataset shard and compare every output, batch by
 batch: the shard is streamed, never held whole, and so are both sides' outputs (parity accumulates; the
-review plots get a bounded sample)."""
+review plots get a bounded sample). A failing shard is looked at again: a few rows of its first failing
+batch with intermediate tensors on both sides, for the first divergent layer (`tasks/divergence.py`)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from ferry.cache import fingerprint
+from ferry.divergence import FirstDivergence, first_divergence
 from ferry.files import write_atomically
 from ferry.keras3.run import device_for, load_keras, run_batch
 from ferry.parity import Parity, ParityError
 from ferry.shards import check_signature, stream_shard
-from ferry.spec import ModelSpec
+from ferry.spec import ModelSpec, Tolerance
 from ferry.stages import Reconstructed, Restored, ShardParity, WorkDir
-from ferry.tf1.session import reference
+from ferry.tf1.session import Reference, reference
 from tasks import stage_logger
+from tasks.divergence import locate
 
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_LOCK = threading.Lock()
@@ -80,6 +83,7 @@ def _verify_on(device: str, spec: ModelSpec, reconstructed: Reconstructed, resto
     parities = {name: Parity(spec.verify.tolerance_for(name)) for name in spec.source.outputs}
     samples = {name: PlotSample() for name in spec.source.outputs}
     rows = 0
+    failing = None  # the first failing batch: (its index, the batch, the failing output, its rows out of tolerance)
     for i, batch in enumerate(stream_shard(spec, Path(shard), spec.verify.batch_size)):
         if i == 0:
             check_signature(batch, reconstructed["inputs"], f"{spec.spec_file}: verify.shards: {Path(shard).name}")
@@ -88,10 +92,15 @@ def _verify_on(device: str, spec: ModelSpec, reconstructed: Reconstructed, resto
         for name in spec.source.outputs:
             parities[name].add(got[name], expected[name])
             samples[name].add(got[name], expected[name])
+            if failing is None and not parities[name].passing:
+                failing = (i, batch, name, _bad_rows(got[name], expected[name], spec.verify.tolerance_for(name)))
         rows += len(next(iter(batch.values())))
     outputs = {name: parity.result() for name, parity in parities.items()}
     record: ShardParity = {"shard": str(shard), "index": index, "device": device, "rows": rows,
                            "passed": all(o["passed"] for o in outputs.values()), "outputs": outputs}
+    if failing is not None:
+        record["first_divergence"] = _first_divergence(spec, reconstructed, restored, tf1, model, index, failing,
+                                                       device)
     if work is not None:
         path = work.shard_outputs(index)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +109,31 @@ def _verify_on(device: str, spec: ModelSpec, reconstructed: Reconstructed, resto
         write_atomically(path, lambda tmp: np.savez(tmp, **both), ".tmp.npz")
         record["files"] = {str(path): fingerprint(path)}
     return record
+
+
+def _bad_rows(candidate: np.ndarray, reference: np.ndarray, tol: Tolerance) -> np.ndarray:
+    """Per row, whether any of its elements is out of tolerance (all rows when the shapes differ)."""
+    if candidate.shape != reference.shape:
+        return np.ones(len(reference), dtype=bool)
+    close = np.isclose(candidate.astype(np.float64), reference.astype(np.float64), rtol=tol.rtol, atol=tol.atol,
+                       equal_nan=tol.allow_nonfinite)
+    return ~close.reshape(len(close), -1).all(axis=1)
+
+
+def _first_divergence(spec: ModelSpec, reconstructed: Reconstructed, restored: Restored, tf1: Reference, model,
+                      index: int, failing: tuple[int, dict[str, np.ndarray], str, np.ndarray],
+                      device: str) -> FirstDivergence:
+    """The first divergent layer, or (never a traceback: the verdict stands without it) why it was not found."""
+    batch_index, batch, output, bad = failing
+    try:
+        return locate(spec, reconstructed, restored, tf1, model, batch, (index, batch_index), output, bad, device)
+    except Exception as exc:  # noqa: BLE001 - the shard has failed anyway; say why there is no layer
+        stage_logger().warning("%s: shard %d: the first divergent layer was not found: %s: %s", spec.name, index,
+                               type(exc).__name__, exc)
+        record = first_divergence([], {}, output=output, shard=index, batch=batch_index, n_rows=0,
+                                  tol=spec.verify.tolerance_for(output), correspondence="")
+        record["verdict"] = f"not searched: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        return record
 
 
 def verify_shard(spec: ModelSpec, reconstructed: Reconstructed, restored: Restored, shard: str | Path, index: int,

@@ -297,3 +297,47 @@ def test_coverage_chart_of_an_empty_table(tmp_path):
     assert "empty name-map report" in texts(fig)
     assert fig._suptitle.get_text() == "0 checkpoint keys: 0 mapped, 0 skipped, 0 unused; 0 model weights unassigned"
     read_png(plots.coverage_chart(table, tmp_path))
+
+
+# --- first divergence ---------------------------------------------------------------------------------------
+
+
+def divergence_record(errors: dict[str, float], first: str | None) -> dict:
+    """A failing shard's `first_divergence` with one compared layer per error, in this order."""
+    rows = [{"layer": name, "tf1": f"{name}/BiasAdd:0", "tf1_op": "BiasAdd", "max_abs_err": err,
+             "within_tolerance": err <= 1e-5, "inputs": {}, "inputs_max_abs_err": None, "inputs_within_tolerance": None}
+            for name, err in errors.items()]
+    return {"output": "probs", "shard": 0, "batch": 3, "rows": 8, "atol": 1e-5, "rtol": 1e-5,
+            "correspondence": "name map", "layer": first, "max_abs_err": errors.get(first), "verdict": "",
+            "compared": rows, "not_compared": {}}
+
+
+def test_divergence_chart_per_layer_log_scale_tolerance_and_the_first(tmp_path):
+    errors = {"dense": 0.0, "dense_1": 0.3, "dense_2": 0.2, "dense_3": 3e-6}
+    record = divergence_record(errors, "dense_1")
+    fig = plots._divergence_figure(record)
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "log"
+    assert "first divergent layer: dense_1 (max abs err 0.3)" in ax.get_title()
+    assert "shard 0, batch 3, 8 rows; output probs" in ax.get_title()
+    ticks = ax.get_xticklabels()
+    assert [t.get_text() for t in ticks] == list(errors)  # topological order, as given
+    assert matplotlib.colors.to_hex(ticks[1].get_color()) == "#d62728"  # the first divergence, in red
+    assert [ln for ln in ax.get_lines() if list(ln.get_ydata()) == [1e-5, 1e-5]]  # the atol line
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[1:] == pytest.approx([0.3, 0.2, 3e-6]) and 0 < heights[0] < 3e-6  # error 0 at the floor
+    colours = [matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches]
+    assert colours == ["#2ca02c", "#d62728", "#d62728", "#2ca02c"]
+    assert "1 with error 0" in texts(fig) and "first divergence" in texts(fig)
+    path = plots.divergence_chart(record, tmp_path / "plots")
+    assert path == tmp_path / "plots" / "divergence.png"
+    read_png(path)
+
+
+def test_divergence_chart_without_compared_layers(tmp_path):
+    record = divergence_record({}, None)
+    record["verdict"] = "no Keras layer could be matched to a TF1 tensor (mlp: a nested model)"
+    fig = plots._divergence_figure(record)
+    assert "no first divergent layer found" in fig.axes[0].get_title()
+    assert "no layer compared:" in texts(fig) and "a nested model" in texts(fig)
+    read_png(plots.divergence_chart(record, tmp_path))

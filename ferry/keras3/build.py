@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import re
 import sys
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -127,6 +128,9 @@ def check_architecture(spec: ModelSpec) -> list[Problem]:
 
 
 BUILDS: Counter[str] = Counter()  # model name -> Keras models built in this process (for tests)
+# A `graph`-form model -> its nodes' symbolic outputs by node name (a `keras.ops` node is no layer, so this is
+# the one place that knows which tensor it computes); verify reads intermediate outputs through them.
+NODE_OUTPUTS: weakref.WeakKeyDictionary[keras.Model, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def build_model(spec: ModelSpec, inputs: dict[str, dict[str, Any]],
@@ -139,13 +143,17 @@ def build_model(spec: ModelSpec, inputs: dict[str, dict[str, Any]],
                for name, sig in inputs.items()}
     if arch.layers:
         return _sequential(spec, tensors, graph_values)
+    values: dict[str, Any] = {}
     if arch.graph:
-        outputs = _functional(spec, tensors, graph_values)
+        outputs = _functional(spec, tensors, graph_values, values)
     else:
         with _naming(spec, f"architecture.factory.function ({arch.factory.function})"):
             outputs = _factory(spec, tensors)
-    return keras.Model(list(tensors.values()) if len(tensors) > 1 else next(iter(tensors.values())),
-                       outputs, name=spec.name)
+    model = keras.Model(list(tensors.values()) if len(tensors) > 1 else next(iter(tensors.values())),
+                        outputs, name=spec.name)
+    if values:
+        NODE_OUTPUTS[model] = values
+    return model
 
 
 def _sequential(spec: ModelSpec, tensors: dict[str, Any], graph_values: GraphValues) -> keras.Model:
@@ -161,9 +169,11 @@ def _sequential(spec: ModelSpec, tensors: dict[str, Any], graph_values: GraphVal
     return model
 
 
-def _functional(spec: ModelSpec, tensors: dict[str, Any], graph_values: GraphValues) -> list[Any]:
+def _functional(spec: ModelSpec, tensors: dict[str, Any], graph_values: GraphValues,
+                values: dict[str, Any]) -> list[Any]:
+    """The graph's nodes applied in order; `values` receives every input's and node's symbolic output."""
     graph = spec.architecture.graph
-    values = dict(tensors)
+    values.update(tensors)
     for i, node in enumerate(graph.nodes):
         with _naming(spec, f"architecture.graph.nodes[{i}] ({node.name})"):
             try:

@@ -1,19 +1,21 @@
 """Running the Keras side: the devices shards are spread over, the spec's model with the restored weights
-(once per process and weights file), its outputs by serving name."""
+(once per process and weights file), its outputs by serving name, and its intermediate outputs."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from ferry.cache import fingerprint
-from ferry.keras3.build import model_from_info
+from ferry.keras3.build import NODE_OUTPUTS, model_from_info
 from ferry.shards import batches
 from ferry.spec import ModelSpec
 
@@ -115,3 +117,77 @@ def run_keras(spec: ModelSpec, model, arrays: dict[str, np.ndarray], batch_size:
     """Outputs of the Keras model in inference mode over whole arrays (eagerly: a model just reloaded)."""
     parts = [run_batch(spec, model, batch, None, device) for batch in batches(arrays, batch_size)]
     return {name: np.concatenate([p[name] for p in parts]) for name in spec.source.outputs}
+
+
+@dataclass(frozen=True)
+class Node:
+    """A layer or graph node whose output can be read: its symbolic output and inputs ((producer, tensor)), and
+    its layer (None for a `keras.ops` node)."""
+
+    name: str
+    output: Any
+    inputs: tuple[tuple[str, Any], ...]
+    layer: keras.layers.Layer | None
+
+
+def readable_nodes(spec: ModelSpec, model) -> tuple[list[Node], dict[str, str]]:
+    """The nodes of the model (`spec` as built: `ferry.keras3.build.resolved`) in topological order, and the
+    layers whose output cannot be read (name -> why): a nested model (a Sequential or subclassed model
+    inside a factory's model), a layer called more than once, a layer with several outputs."""
+    arch = spec.architecture
+    values = NODE_OUTPUTS.get(model)
+    if arch.graph and values is not None:  # every node by its spec name, `keras.ops` calls included
+        nodes = [Node(n.name, values[n.name], tuple((i, values[i]) for i in n.inputs),
+                      model.get_layer(n.name) if n.class_name else None) for n in arch.graph.nodes]
+        return nodes, {}
+    names = {id(t): name for t, name in zip(model.inputs, spec.source.inputs)}
+    calls = _calls(model.outputs)
+    uses: dict[str, int] = {}
+    for call in calls:
+        uses[call.operation.name] = uses.get(call.operation.name, 0) + 1
+    nodes, unreadable = [], {}
+    for call in calls:
+        layer = call.operation
+        if not isinstance(layer, keras.layers.Layer) or isinstance(layer, keras.layers.InputLayer):
+            continue  # a `keras.ops` call of a factory: no weights, nothing to match
+        if isinstance(layer, keras.Model):
+            unreadable[layer.name] = ("a nested model (Sequential or subclassed): the outputs of its layers are not "
+                                      "in the model's graph")
+        elif uses[layer.name] > 1:
+            unreadable[layer.name] = "called more than once: its output is not one tensor of the model's graph"
+        elif len(call.output_tensors) != 1:
+            unreadable[layer.name] = "several outputs"
+        else:
+            given = list({id(t): t for t in call.input_tensors}.values())
+            nodes.append(Node(layer.name, call.output_tensors[0],
+                              tuple((names.get(id(t)) or t._keras_history.operation.name, t) for t in given), layer))
+    return nodes, unreadable
+
+
+def _calls(outputs: list[Any]) -> list[Any]:
+    """The calls (Keras graph nodes) computing `outputs`, in topological order: walked through Keras' own record
+    of a functional graph (each symbolic tensor's `_keras_history` names the call that made it), as
+    `keras.Model(inputs, outputs)` walks it."""
+    order, seen = [], set()
+    stack = [(t._keras_history.operation._inbound_nodes[t._keras_history.node_index], False) for t in outputs]
+    while stack:
+        call, done = stack.pop()
+        if done:
+            order.append(call)
+            continue
+        if id(call) in seen:
+            continue
+        seen.add(id(call))
+        stack.append((call, True))
+        stack.extend((parent, False) for parent in reversed(call.parent_nodes) if id(parent) not in seen)
+    return order
+
+
+def node_values(spec: ModelSpec, model, tensors: list[Any], batch: dict[str, np.ndarray],
+                device: str) -> list[np.ndarray]:
+    """The values of symbolic `tensors` of the model on one batch (inference mode), through a model over the
+    same graph and weights."""
+    probe = keras.Model(list(model.inputs), tensors)
+    with tf.device(device):
+        out = probe([tf.constant(batch[k]) for k in spec.source.inputs], training=False)
+    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]

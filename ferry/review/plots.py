@@ -9,6 +9,8 @@ and variable scopes are shown literally, even with `$` or `_` in them.
   `parity-<output>-scatter.png` (TF1 vs Keras values) for one model output.
 - `coverage_chart`: `coverage.png`, the name-map report (`MappingPlan.table()`) as stacked bars per
   variable group.
+- `divergence_chart`: `divergence.png`, a failing shard's max abs error per compared layer in topological
+  order (`ferry.divergence.FirstDivergence`), log scale, the tolerance and the first divergent layer marked.
 
 The `_..._figure` builders return the `Figure` without writing it (tests read titles and texts).
 """
@@ -273,6 +275,68 @@ def _scatter_figure(stats: _ErrorStats, output: str) -> Figure:
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
     ax.legend(loc="upper left", fontsize=8, markerscale=6 / size)
+    return fig
+
+
+# --- first divergence -------------------------------------------------------------------------------
+
+MAX_LAYERS = 80  # layers drawn by name; a longer model keeps those around the first divergence
+
+
+def divergence_chart(record: dict, folder: Path) -> Path:
+    """Write a failing shard's `first_divergence` (its compared layers) as `folder/divergence.png`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "divergence.png"
+    _save(_divergence_figure(record), path)
+    return path
+
+
+def _divergence_figure(record: dict) -> Figure:
+    """Max abs error of each compared layer, in topological order, on a log axis: within tolerance in green,
+    out of it in red, the first divergent layer labelled; the atol line (the bound is atol + rtol x |TF1|)."""
+    rows = [r for r in record["compared"] if r["max_abs_err"] is not None]
+    first = record.get("layer")
+    if len(rows) > MAX_LAYERS:
+        at = next((i for i, r in enumerate(rows) if r["layer"] == first), 0)
+        start = max(0, min(at - MAX_LAYERS // 2, len(rows) - MAX_LAYERS))
+        rows = rows[start:start + MAX_LAYERS]
+    fig = _new_figure((min(max(6.0, 1.2 + 0.22 * len(rows)), 24.0), 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    atol, rtol = record["atol"], record["rtol"]
+    where = (f"shard {record.get('shard', '?')}, batch {record['batch']}, {record['rows']} rows; "
+             f"output {record['output']}")
+    head = (f"first divergent layer: {_short(first, 50)} (max abs err {record['max_abs_err']:.3g})"
+            if first is not None else "no first divergent layer found")
+    ax.set_title(f"{head}\n{where}\nmax |Keras 3 - TF1| per layer, in topological order", fontsize=10, **_NO_MATH)
+    if not rows:
+        ax.text(0.5, 0.5, "no layer compared:\n" + _short(record["verdict"], 120), ha="center", va="center",
+                fontsize=11, transform=ax.transAxes, **_NO_MATH)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return fig
+    errors = np.array([r["max_abs_err"] for r in rows], dtype=float)
+    floor = min([e for e in errors if e > 0] + [atol or 1e-12]) / 10  # exact zeros are drawn at the floor
+    shown = np.where(errors > 0, errors, floor)
+    x = np.arange(len(rows))
+    ax.bar(x, shown, width=0.7, color=["#2ca02c" if r["within_tolerance"] else "#d62728" for r in rows])
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(floor / 2, max(float(shown.max()), atol) * 10)
+    if atol > 0:
+        ax.axhline(atol, color="0.3", linestyle="--", linewidth=1.2, label=f"atol {atol:g} (+ rtol {rtol:g} x |TF1|)")
+    ax.set_xticks(x, [_short(r["layer"], 28) for r in rows], rotation=60, ha="right", fontsize=7, **_NO_MATH)
+    for i, r in enumerate(rows):
+        if r["layer"] == first:
+            ax.get_xticklabels()[i].set_color("#d62728")
+            ax.annotate("first divergence", (i, shown[i]), xytext=(0, 6), textcoords="offset points", ha="center",
+                        fontsize=8, color="#d62728", **_NO_MATH)
+    handles = [Patch(color="#2ca02c", label="within tolerance"), Patch(color="#d62728", label="out of tolerance"),
+               *ax.get_lines()]
+    if (errors == 0).any():
+        handles.append(Patch(color="white", label=f"{int((errors == 0).sum())} with error 0 (drawn at {floor:.0e})"))
+    ax.set_ylabel("max abs error")
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
     return fig
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 import ferry
 from ferry.cache import build_id, fingerprint
+from ferry.divergence import table as divergence_table
 from ferry.export_dir import keras_file, read_marker, savedmodel_entries
 from ferry.files import write_atomically
 from ferry.review.tracking import Run
@@ -91,8 +92,9 @@ def log_datasets(run: Run, spec: ModelSpec) -> None:
 
 
 def log_plots(run: Run, spec: ModelSpec, work: WorkDir, attempted: dict[str, float]) -> None:
-    """Per output an error histogram and a TF1-vs-Keras scatter (all shards); the coverage chart."""
-    from ferry.review.plots import coverage_chart, parity_plots
+    """Per output an error histogram and a TF1-vs-Keras scatter (all shards); the coverage chart; the error per
+    layer of a failing shard (`divergence.png`)."""
+    from ferry.review.plots import coverage_chart, divergence_chart, parity_plots
 
     folder = work.plots
     if folder.exists():
@@ -101,6 +103,10 @@ def log_plots(run: Run, spec: ModelSpec, work: WorkDir, attempted: dict[str, flo
     made: list[Path] = []
     if "restore" in attempted and work.mapping.exists():
         made.append(coverage_chart(json.loads(work.mapping.read_text())["table"], folder))
+    if "verify" in attempted and work.parity.exists():
+        first = json.loads(work.parity.read_text()).get("first_divergence")
+        if first is not None:
+            made.append(divergence_chart(first, folder))
     files = [work.shard_outputs(i) for i in range(len(spec.shard_paths()))] if "verify" in attempted else []
     files = [f for f in files if f.exists()]
     if files:
@@ -148,6 +154,10 @@ def log_stage_files(run: Run, work: WorkDir, attempted: dict[str, float]) -> Non
         run.metrics({f"coverage.{k}": v for k, v in mapping["coverage"].items()})
     if "verify" in attempted and work.parity.exists():
         run.artifact(work.parity)
+        first = json.loads(work.parity.read_text()).get("first_divergence")
+        if first is not None:  # per compared layer: keras layer, tf1 tensor, errors
+            run.table(divergence_table(first), "first_divergence.json")
+            run.tags({"parity.first_divergence": first["layer"] or "none found"})
 
 
 def register_model(run: Run, spec: ModelSpec, reconstructed: Reconstructed, exported: Exported,

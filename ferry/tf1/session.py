@@ -44,6 +44,22 @@ class Reference:
         """The graph's outputs on one batch."""
         return self.session.run(self.fetches, {self.feeds[k]: v for k, v in batch.items()})
 
+    def run_tensors(self, batch: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray | str]:
+        """Any tensors of the graph on one batch, by name; a tensor that cannot be fetched (on a branch not
+        taken, inside a loop) gets the first line of TensorFlow's reason instead."""
+        feed = {self.feeds[k]: v for k, v in batch.items()}
+        try:
+            return dict(zip(names, self.session.run(names, feed)))
+        except tf.errors.OpError:
+            pass
+        values: dict[str, np.ndarray | str] = {}
+        for name in names:
+            try:
+                values[name] = self.session.run(name, feed)
+            except tf.errors.OpError as exc:
+                values[name] = f"TF1 tensor {name} cannot be fetched: {exc.message.splitlines()[0]}"
+        return values
+
 
 _REFERENCES: dict[tuple, Reference] = {}
 _LOCK = threading.Lock()

@@ -46,6 +46,7 @@ class Translation:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     rules: list[dict[str, Any]] = field(default_factory=list)
+    tensors: dict[str, str] = field(default_factory=dict)  # node -> the TF1 tensor it computes (verify compares them)
 
     def architecture(self) -> dict[str, Any]:
         return {"graph": {"nodes": self.nodes, "outputs": self.outputs}}
@@ -223,6 +224,10 @@ def translate(graph: tf.Graph, inputs: dict[str, str], outputs: dict[str, str], 
     for node in tr.out.nodes:  # a node may not share a name with a spec input
         if node["name"] in taken:
             raise ValueError(f"{meta}: node {node['name']!r} clashes with an input name")
+    emitted = {node["name"] for node in tr.out.nodes}
+    for tensor, node in tr.names.items():  # the first tensor seen for a node is the one it was emitted for
+        if node in emitted:
+            tr.out.tensors.setdefault(node, tensor)
     return tr.out
 
 
