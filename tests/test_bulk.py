@@ -28,15 +28,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-_BUILDS = 0
+
+
+def _die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def mlp(inputs: dict, fault: str):
-    global _BUILDS
-    _BUILDS += 1
     if Path(__file__).with_name("FAULTS_ON").exists():
-        if fault == "crash" and _BUILDS == 2:  # the second build in the model's process: restore's
-            os.kill(os.getpid(), signal.SIGKILL)
+        if fault == "crash":  # reconstruct builds the model in the model's process; restore saves its weights
+            keras.Model.save_weights = _die
         if fault == "hang":
             time.sleep(3600)
         if fault == "hog":
