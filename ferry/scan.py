@@ -18,6 +18,7 @@ from typing import Any
 
 from ferry.files import write_atomically
 from ferry.isolation import ModelProcess, RemoteError
+from ferry.review.summary import text_table
 from ferry.sources import FORMATS, detect
 
 SCAN_TIMEOUT = 600  # seconds one artifact may take to survey
@@ -119,15 +120,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         value = row.get(key, "")
         return "yes" if value is True else "no" if value is False else "-" if value in ("", None) else str(value)
 
-    widths = {k: max(len(k), *(len(cell(r, k)) for r in rows)) if rows else len(k) for k in keys}
-    lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
-    for row in rows:
-        lines.append("  ".join(cell(row, k).ljust(widths[k]) for k in keys))
-        if row.get("error"):
-            lines.append(f"    {row['error']}")
-        elif row.get("blockers"):
-            lines.append("    auto blocked by " + "; ".join(f"{t} ({n})" for t, n in sorted(row["blockers"].items())))
-    return "\n".join(lines)
+    def note(row: dict[str, Any]) -> str:
+        if row.get("error") or not row.get("blockers"):
+            return row.get("error") or ""
+        return "auto blocked by " + "; ".join(f"{t} ({n})" for t, n in sorted(row["blockers"].items()))
+
+    return text_table(rows, keys, cell, note)
 
 
 def report_artifact(root: Path, rows: list[dict[str, Any]]) -> None:

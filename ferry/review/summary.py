@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ferry.stages import WorkDir
@@ -52,10 +53,16 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
 
     keys = ["model", "status", "failed_stage", "coverage", "worst_abs_err", "worst_rel_err", "top1", "top5", "seconds",
             "cached"]
+    return text_table(rows, keys, cell, lambda row: row.get("error") or "")
+
+
+def text_table(rows: list[dict[str, Any]], keys: list[str], cell: Callable[[dict[str, Any], str], str],
+               note: Callable[[dict[str, Any]], str]) -> str:
+    """Rows as a fixed-width text table (columns `keys`, each row's `note` on an indented line of its own)."""
     widths = {k: max(len(k), *(len(cell(r, k)) for r in rows)) if rows else len(k) for k in keys}
     lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
     for row in rows:
         lines.append("  ".join(cell(row, k).ljust(widths[k]) for k in keys))
-        if row.get("error"):
-            lines.append(f"    {row['error']}")
+        if text := note(row):
+            lines.append(f"    {text}")
     return "\n".join(lines)
