@@ -14,8 +14,9 @@ from conftest import REPO, run_tf1_script
 from mlflow.tracking import MlflowClient
 
 from ferry.cli import main
+from ferry.keras3.build import check_architecture
 from ferry.shards import load_shard
-from ferry.spec import ModelSpec
+from ferry.spec import ModelSpec, load_spec
 from ferry.stages import WorkDir
 from ferry.tf1.auto import HANDLERS, UnsupportedGraph, translate
 from ferry.tf1.auto.registry import Handler
@@ -95,8 +96,13 @@ def test_ops_without_translation_convert_verify_and_export(built, tmp_path, monk
 
 
 @pytest.mark.tf1
-def test_inspect_warns_of_the_fallback_ops_with_one_node_each(built, capsys):
+def test_inspect_and_the_draft_warn_of_the_fallback_ops_with_one_node_each(built, tmp_path, capsys):
     meta = built / "fallback" / "model.ckpt.meta"
+    draft = tmp_path / "models" / "fallback.yaml"
+    assert main(["draft-spec", str(meta), "-o", str(draft)]) == 0
+    text = draft.read_text()
+    assert "run as raw TF ops" in text and "#   Lgamma: lgamma" in text and "class: ferry.RawOp" in text
+    assert check_architecture(load_spec(draft)) == []  # the drafted graph form validates as written
     assert main(["inspect", str(meta)]) == 0
     out = capsys.readouterr().out
     assert "translates, with a warning" in out
@@ -116,6 +122,7 @@ ODD = {
     "queue_input": {"QueueDequeueV2(a queue, reader or iterator: feed its output as a spec input instead)": "dequeue"},
     "py_func": {"PyFunc(py_func: Python code the graph does not hold)": "double"},
     "random_at_inference": {"RandomUniform(a random op at inference)": "noise/RandomUniform"},
+    "while_loop": {"while loop (not a dynamic_rnn with one input and one output)": "loop/Exit"},
     "conv_explicit_padding": {"Conv2D(padding=EXPLICIT)": "conv"},
 }
 

@@ -89,6 +89,12 @@ def odd_graphs() -> dict[str, tuple[tf.Graph, dict[str, str], dict[str, str]]]:
         x = v1.placeholder(tf.float32, [None, 6], name="x")
         return {"x": x}, {"y": tf.identity(x + v1.random_uniform(tf.shape(x), name="noise"), name="y")}
 
+    @case("while_loop")
+    def _():
+        x = v1.placeholder(tf.float32, [None, 6], name="x")
+        _, y = tf.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, h * 2.0), [tf.constant(0), x], name="loop")
+        return {"x": x}, {"y": tf.identity(y, name="y")}
+
     @case("conv_explicit_padding")
     def _():
         x = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
