@@ -70,7 +70,7 @@ def spec_for(name: str, folder: Path, work: Path):
     path.write_text(yaml.safe_dump({
         "name": name, "architecture": "auto", "name_map": {"skip": ["optimizer"]},
         "source": {"meta": str(folder / "model.ckpt.meta"), "inputs": found["inputs"], "outputs": found["outputs"]},
-        "verify": {"shards": str(folder / "shards" / "*.npz"), "batch_size": 4},
+        "verify": {"shards": str(folder / "shards" / "*.npz")},  # batches of 64: a shard at once
         "export": {"dir": str(work / "exports" / name)}}))
     return load_spec(path)
 
@@ -94,7 +94,7 @@ def measure(route: str, name: str, folder: Path, work: Path) -> dict:
         return {"seconds": None, "converted": False, "error": _first_line(exc)}
     mapping = json.loads(WorkDir(out / "stages").mapping.read_text())
     arrays = load_shard(spec, spec.shard_paths()[0])
-    got, want = call_savedmodel(Path(spec.export.dir), arrays), run_tf1(spec, arrays, 4, "/CPU:0")
+    got, want = call_savedmodel(Path(spec.export.dir), arrays), run_tf1(spec, arrays, spec.verify.batch_size, "/CPU:0")
     checks = {k: compare(np.asarray(got[k]), want[k], spec.verify.tolerance_for(k)) for k in want}
     return {"seconds": stages["reconstruct"] + stages["restore"] + stages["export"], "inspect": stages["inspect"],
             "converted": all(c["passed"] for c in checks.values()),
