@@ -131,14 +131,15 @@ def test_ops_without_translation_run_as_raw_ops_and_are_listed(graphs, tmp_path,
     meta = graphs["unsupported"]
     found = survey(meta)
     assert found.translation is not None and not found.blockers
-    assert found.translation.fallbacks["Cumprod"] == "Cumprod_1"
+    assert found.translation.fallbacks["Cumprod"] in ("Cumprod", "Cumprod_1")  # one node of the type
     assert set(found.translation.fallbacks) <= {"Cumprod", "LRN", "ResizeBilinear"}  # some may gain a translation
     text = draft_spec(found, tmp_path / "models" / "u.yaml")
-    assert "run as raw TF ops" in text and "#   Cumprod: Cumprod_1" in text
+    assert "run as raw TF ops" in text and f"#   Cumprod: {found.translation.fallbacks['Cumprod']}" in text
 
     assert main(["inspect", str(meta)]) == 0
     out = capsys.readouterr().out
-    assert "no translation and run as raw TF ops" in out and "Cumprod" in out and "Cumprod_1" in out
+    assert "no translation and run as raw TF ops" in out
+    assert any(line.split() == ["Cumprod", found.translation.fallbacks["Cumprod"]] for line in out.splitlines()), out
     assert main(["inspect", str(graphs["slim_inception_v1"])]) == 0
     assert "every op between the guessed inputs and outputs translates" in capsys.readouterr().out
 
