@@ -127,6 +127,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"    {row['error']}")
         elif row.get("blockers"):
             lines.append("    auto blocked by " + "; ".join(f"{t} ({n})" for t, n in sorted(row["blockers"].items())))
+        elif row.get("fallback_ops"):
+            lines.append("    auto runs as raw TF ops (ferry.RawOp, TensorFlow backend only): "
+                         + "; ".join(f"{t} ({n})" for t, n in sorted(row["fallback_ops"].items())))
     return "\n".join(lines)
 
 
