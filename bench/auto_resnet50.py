@@ -101,20 +101,22 @@ def wrap_route(spec, out: Path) -> None:
 
 
 def freeze_route(spec, out: Path) -> None:
-    """Session restore, freeze variables to constants, wrap the frozen GraphDef, save."""
+    """Session restore, freeze variables to constants, wrap the frozen GraphDef, save (the spec's inputs and
+    outputs as the signature)."""
     graph = tf.Graph()
     with graph.as_default():
         saver = tf.compat.v1.train.import_meta_graph(str(spec.source.meta), clear_devices=True)
         with tf.compat.v1.Session(graph=graph) as sess:
             saver.restore(sess, str(spec.source.checkpoint_prefix))
-            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), ["probs"])
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), [t.split(":")[0] for t in spec.source.outputs.values()])
 
     def imported():
         tf.compat.v1.import_graph_def(frozen, name="")
 
     wrapped = tf.compat.v1.wrap_function(imported, [])
-    fn = wrapped.prune(feeds=[wrapped.graph.get_tensor_by_name("images:0")],
-                       fetches={"probs": wrapped.graph.get_tensor_by_name("probs:0")})
+    fn = wrapped.prune(feeds=[wrapped.graph.get_tensor_by_name(t) for t in spec.source.inputs.values()],
+                       fetches={name: wrapped.graph.get_tensor_by_name(t) for name, t in spec.source.outputs.items()})
     module = tf.Module()
     module.serve = fn
     tf.saved_model.save(module, str(out), signatures={"serving_default": fn})

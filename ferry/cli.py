@@ -78,13 +78,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     found = survey(Path(args.path))
     inventory = {**found.inventory, "signature": {"inputs": found.inputs, "outputs": found.outputs,
                                                   "declared": found.declared}}
-    inventory["auto"] = {"supported": found.translation is not None, "unsupported_ops": found.blockers}
+    inventory["auto"] = {"supported": found.translation is not None, "unsupported_ops": found.blockers,
+                         "fallback_ops": found.translation.fallbacks if found.translation else {}}
     if args.json:
         print(json.dumps(inventory, indent=1))
         return 0
     print(format_inventory(inventory))
     auto = inventory["auto"]
-    if auto["supported"]:
+    if auto["supported"] and auto["fallback_ops"]:
+        print("\narchitecture: auto — translates, with a warning: these op types have no translation and run as "
+              "raw TF ops (ferry.RawOp: the .keras model needs the TensorFlow backend) (one node each):")
+        for op_type, node in sorted(auto["fallback_ops"].items()):
+            print(f"  {op_type:<32} {node}")
+    elif auto["supported"]:
         print("\narchitecture: auto — every op between the guessed inputs and outputs translates")
     elif not auto["unsupported_ops"]:
         print("\narchitecture: auto — no inputs or outputs could be guessed; name them in the spec's source")

@@ -121,9 +121,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         return "yes" if value is True else "no" if value is False else "-" if value in ("", None) else str(value)
 
     def note(row: dict[str, Any]) -> str:
-        if row.get("error") or not row.get("blockers"):
-            return row.get("error") or ""
-        return "auto blocked by " + "; ".join(f"{t} ({n})" for t, n in sorted(row["blockers"].items()))
+        if row.get("error"):
+            return row["error"]
+        if row.get("blockers"):
+            return "auto blocked by " + "; ".join(f"{t} ({n})" for t, n in sorted(row["blockers"].items()))
+        if row.get("fallback_ops"):
+            return ("auto runs as raw TF ops (ferry.RawOp, TensorFlow backend only): "
+                    + "; ".join(f"{t} ({n})" for t, n in sorted(row["fallback_ops"].items())))
+        return ""
 
     return text_table(rows, keys, cell, note)
 

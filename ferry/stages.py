@@ -47,7 +47,9 @@ class Reconstructed(TypedDict):
 
     inputs: dict[str, InputSignature]
     graph_values: dict[str, dict]
-    auto: NotRequired[dict]  # {"architecture": ..., "rules": [...], "tensors": {node: the TF1 tensor it computes}}
+    # {"architecture": ..., "rules": [...], "tensors": {node: the TF1 tensor it computes},
+    #  "fallback_ops": {op type run as a `ferry.RawOp`: one node}}
+    auto: NotRequired[dict]
     weights: dict[str, dict]  # weight path -> {"shape", "dtype"}
     params: int
 

@@ -55,7 +55,8 @@ def reconstruct(spec: ModelSpec, inspected: Inspected) -> Reconstructed:
     if spec.architecture == "auto":
         derived = translate(load_graph(spec.source), spec.source.inputs, spec.source.outputs,
                             str(spec.source.artifact))
-        info["auto"] = {"architecture": derived.architecture(), "rules": derived.rules, "tensors": derived.tensors}
+        info["auto"] = {"architecture": derived.architecture(), "rules": derived.rules, "tensors": derived.tensors,
+                        "fallback_ops": derived.fallbacks}
     model = built_model(spec, info)  # kept for restore, in this process
     weights = {path: {"shape": list(w.shape), "dtype": w.dtype} for path, w in weight_paths(model).items()}
     return {**info, "weights": weights, "params": int(model.count_params())}

@@ -119,6 +119,8 @@ def restore_weights(spec: ModelSpec, reconstructed: Reconstructed, inspected: In
 
     report = {"coverage": plan.coverage, "errors": plan.errors, "suggestions": plan.suggestions,
               "table": plan.table()}
+    if fallbacks := reconstructed.get("auto", {}).get("fallback_ops"):  # their weights are bound like any other
+        report["fallback_ops"] = fallbacks
     write_atomically(work.mapping, json.dumps(report, indent=1))
     if plan.errors:
         raise RestoreError(f"{spec.spec_file}: name_map: " + "\n".join(_counted(plan.errors)))

@@ -16,7 +16,7 @@ from ferry.cli import main
 from ferry.shards import load_shard
 from ferry.spec import load_catalogue, load_spec
 from ferry.stages import WorkDir
-from ferry.tf1.auto import SUPPORTED, UnsupportedGraph
+from ferry.tf1.auto import SUPPORTED
 from ferry.tf1.session import run_tf1
 from flows.migrate import migrate_catalogue
 from tasks.export import call_savedmodel
@@ -123,22 +123,23 @@ def test_auto_layers_are_idiomatic_and_named_after_tf1_scopes(graphs, tmp_path):
 
 
 @pytest.mark.tf1
-def test_unsupported_ops_are_listed_with_one_node_each(graphs, tmp_path, capsys):
+def test_ops_without_translation_run_as_raw_ops_and_are_listed(graphs, tmp_path, capsys):
+    """LRN, Cumprod, ResizeBilinear had no translation here: they run as `ferry.RawOp` (tests/test_auto_fallback.py
+    checks the numbers), and the draft and `ferry inspect` warn with one node each."""
+    from ferry.tf1.draft import draft_spec, survey
+
     meta = graphs["unsupported"]
-    with pytest.raises(UnsupportedGraph) as err:
-        main_out = tmp_path / "models" / "u.yaml"
-        from ferry.tf1.draft import draft_spec
-        draft_spec(meta, main_out)
-    assert err.value.found == {"Cumprod": "Cumprod_1", "LRN": "LRN", "ResizeBilinear": "resize/ResizeBilinear"}
-    message = str(err.value)
-    assert "Cumprod (e.g. Cumprod_1); LRN (e.g. LRN); ResizeBilinear (e.g. resize/ResizeBilinear)" in message
-    assert "architecture: {factory: ...}" in message
-    assert not main_out.exists()
+    found = survey(meta)
+    assert found.translation is not None and not found.blockers
+    assert found.translation.fallbacks["Cumprod"] in ("Cumprod", "Cumprod_1")  # one node of the type
+    assert set(found.translation.fallbacks) <= {"Cumprod", "LRN", "ResizeBilinear"}  # some may gain a translation
+    text = draft_spec(found, tmp_path / "models" / "u.yaml")
+    assert "run as raw TF ops" in text and f"#   Cumprod: {found.translation.fallbacks['Cumprod']}" in text
 
     assert main(["inspect", str(meta)]) == 0
     out = capsys.readouterr().out
-    assert "unsupported op types (one node each)" in out
-    assert "Cumprod" in out and "LRN" in out and "resize/ResizeBilinear" in out
+    assert "no translation and run as raw TF ops" in out
+    assert any(line.split() == ["Cumprod", found.translation.fallbacks["Cumprod"]] for line in out.splitlines()), out
     assert main(["inspect", str(graphs["slim_inception_v1"])]) == 0
     assert "every op between the guessed inputs and outputs translates" in capsys.readouterr().out
 

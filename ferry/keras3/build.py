@@ -71,6 +71,8 @@ def make_layer(class_name: str, config: dict[str, Any], name: str,
     (None: validation only, the references are left out)."""
     module, _, short = class_name.rpartition(".")
     cls = getattr(ferry_layers if module == "ferry" else keras.layers, short, None) if module in ("", "ferry") else None
+    if cls is None and class_name == "ferry.RawOp":  # calls TensorFlow itself: imported only when used
+        from ferry.keras3.raw_op import RawOp as cls
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
         raise ArchitectureError(f"unknown Keras layer class {class_name!r}")
     refs = graph_refs(config)

@@ -152,6 +152,10 @@ def log_stage_files(run: Run, work: WorkDir, attempted: dict[str, float]) -> Non
         mapping = json.loads(work.mapping.read_text())
         run.table(mapping["table"], "name_map.json")
         run.metrics({f"coverage.{k}": v for k, v in mapping["coverage"].items()})
+        if fallbacks := mapping.get("fallback_ops"):  # `auto` ran these op types as raw TF ops (`ferry.RawOp`)
+            listed = ", ".join(sorted(fallbacks))
+            run.params({"auto.fallback_ops": listed})
+            run.tags({"auto.fallback_ops": listed})
     if "verify" in attempted and work.parity.exists():
         run.artifact(work.parity)
         first = json.loads(work.parity.read_text()).get("first_divergence")

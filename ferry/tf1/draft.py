@@ -126,15 +126,25 @@ def draft_spec(artifact: Source | str | Path | Survey, out: Path, name: str | No
                   *[f"#   {op_type}: {node}" for op_type, node in sorted(found.blockers.items())],
                   "architecture: auto", "name_map:", "  skip: [optimizer]"]
     elif form == "auto":
+        lines += _fallback_comment(found.translation.fallbacks)
         lines += ["architecture: auto", "name_map:", "  skip: [optimizer]"]
     else:
         derived = found.translation
+        lines += _fallback_comment(derived.fallbacks)
         lines += ["architecture:", "  graph:", "    nodes:", *[f"      - {_flow(node)}" for node in derived.nodes],
                   f"    outputs: {_flow(derived.outputs)}", "name_map:", "  skip: [optimizer]", "  rules:",
                   *[f"    - {_flow(rule)}" for rule in derived.rules]]
     lines += ["verify:", f"  shards: {json.dumps(rel(shards or default_shards(source)))}", "export:",
               f"  dir: {json.dumps(rel(project_root(out) / 'exports' / name))}", ""]
     return "\n".join(lines)
+
+
+def _fallback_comment(fallbacks: dict[str, str]) -> list[str]:
+    """Comment lines naming the op types run as raw TF ops (`ferry.RawOp`), one node each."""
+    if not fallbacks:
+        return []
+    return ["# Warning: these op types have no translation and run as raw TF ops (`ferry.RawOp`; the .keras model",
+            "# then needs the TensorFlow backend):", *[f"#   {t}: {n}" for t, n in sorted(fallbacks.items())]]
 
 
 def write_draft(artifact: Path, out: Path, name: str | None = None, shards: str | None = None,
@@ -165,6 +175,7 @@ def scan_one(path: str, spec_path: str, name: str) -> dict:
            "ops": sum(inventory["op_types"].values()),
            "top_ops": dict(list(inventory["op_types"].items())[:8]),
            "auto": found.translation is not None, "blockers": found.blockers,
+           "fallback_ops": found.translation.fallbacks if found.translation else {},
            "inputs": found.inputs, "outputs": found.outputs, "error": ""}
     try:
         row["spec"] = draft_spec(found, Path(spec_path), name, form="auto")

@@ -1,6 +1,11 @@
 """The translator: walks the inference graph from the outputs back and dispatches each op to the first
 fusion rooted at it that matches (`fusions.FUSIONS`), else to the handler registered for its type.
 
+An op with no translation (or one without a handler for its variable inputs) becomes a `ferry.RawOp`
+node calling `tf.raw_ops` itself (`fallback.py`), listed in `Translation.fallbacks`; any other failure to
+translate a node, expected or not, is an `Unsupported` naming the op type and the node, and `translate`
+raises them all at once as `UnsupportedGraph`.
+
 Looked through or folded on the way (`FOLDED`): identities, variables and their reads, constants,
 placeholders (the spec's inputs), control flow with a constant predicate (`Switch`/`Merge`) and `Shape`
 (its arithmetic is evaluated at translation by the handlers that read a shape: `values.shape_value`).
@@ -15,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from ferry.facts import IDENTITY_OPS, VARIABLE_OPS
+from ferry.tf1.auto.fallback import fallback
 from ferry.tf1.auto.fusions import FUSIONS
 from ferry.tf1.auto.registry import HANDLERS, Unsupported, layer_name
 from ferry.tf1.formats import weight_constants
@@ -47,6 +53,7 @@ class Translation:
     outputs: dict[str, str] = field(default_factory=dict)
     rules: list[dict[str, Any]] = field(default_factory=list)
     tensors: dict[str, str] = field(default_factory=dict)  # node -> the TF1 tensor it computes (verify compares them)
+    fallbacks: dict[str, str] = field(default_factory=dict)  # op type run as a `ferry.RawOp` -> one node
 
     def architecture(self) -> dict[str, Any]:
         return {"graph": {"nodes": self.nodes, "outputs": self.outputs}}
@@ -60,6 +67,7 @@ class Translator:
         self.out = Translation()
         self.names: dict[str, str] = {}  # tensor name -> node name
         self.unsupported: dict[str, str] = {}
+        self.fallbacks: dict[str, str] = {}  # op type emitted as a `ferry.RawOp` -> one node
         self._alive: dict[str, bool] = {}
         # a frozen graph's weights: the constants its layers read, bound by node name like variables
         has_variables = any(op.type in VARIABLE_OPS for op in graph.get_operations())
@@ -142,6 +150,13 @@ class Translator:
         except Unsupported as exc:
             self.unsupported.setdefault(exc.op_type, exc.node)
             return layer_name(tensor.op.name)
+        except Dead:
+            raise
+        except Exception as exc:  # noqa: BLE001 - looking through it failed: named, never raw
+            message = (str(exc).splitlines() or [""])[0][:200]
+            self.unsupported.setdefault(f"{tensor.op.type}(failed to look through, {type(exc).__name__}: {message})",
+                                        tensor.op.name)
+            return layer_name(tensor.op.name)
         if tensor.name in self.names:
             return self.names[tensor.name]
         op = tensor.op
@@ -174,21 +189,20 @@ class Translator:
             return self.emit(op, tensor)
         except (Dead, Unsupported):
             raise
-        except Exception as exc:
+        except Exception as exc:  # a handler's bug or an odd attribute: named, never raw
             message = (str(exc).splitlines() or [""])[0][:200]
-            raise Unsupported(f"{op.type} ({type(exc).__name__}: {message})", op.name) from exc
+            raise Unsupported(f"{op.type}(translation failed, {type(exc).__name__}: {message})", op.name) from exc
 
     def emit(self, op: tf.Operation, tensor: tf.Tensor) -> str:
         """Translate `op`: the first fusion rooted at it that matches, else the handler of its type. Only
-        handlers that read variables get ops with an input reading one; an op without a handler is refused."""
+        handlers that read variables get ops with an input reading one; an op without a handler for it is run
+        as a raw TF op (`fallback`), or refused."""
         for fusion in FUSIONS:
             if fusion.root == op.type and (matched := fusion.match(self, op)) is not None:
                 return fusion.emit(self, op, matched)
         handler = HANDLERS.get(op.type)
-        if not (handler and handler.reads_variables) and any(self.variable(i) for i in op.inputs):
-            raise Unsupported(op.type, op.name)
-        if handler is None:
-            raise Unsupported(op.type, op.name)
+        if handler is None or (not handler.reads_variables and any(self.variable(i) for i in op.inputs)):
+            return fallback(self, op, tensor)
         return handler.fn(self, op, tensor)
 
     def add(self, name: str, inputs: list[str], **spec: Any) -> str:
@@ -216,6 +230,9 @@ class Translator:
 def translate(graph: tf.Graph, inputs: dict[str, str], outputs: dict[str, str], meta: str) -> Translation:
     """Translate the inference graph between `inputs` and `outputs` (serving name -> tensor name)."""
     tr = Translator(graph, inputs, meta)
+    for tensor in tr.inputs:
+        if graph.get_tensor_by_name(tensor).shape.rank is None:
+            tr.unsupported.setdefault("input of unknown rank (give the placeholder a shape)", tensor.split(":")[0])
     for serving, tensor in outputs.items():
         tr.out.outputs[serving] = tr.node(graph.get_tensor_by_name(tensor))
     if tr.unsupported:
@@ -224,6 +241,7 @@ def translate(graph: tf.Graph, inputs: dict[str, str], outputs: dict[str, str], 
     for node in tr.out.nodes:  # a node may not share a name with a spec input
         if node["name"] in taken:
             raise ValueError(f"{meta}: node {node['name']!r} clashes with an input name")
+    tr.out.fallbacks = dict(tr.fallbacks)
     emitted = {node["name"] for node in tr.out.nodes}
     for tensor, node in tr.names.items():  # the first tensor seen for a node is the one it was emitted for
         if node in emitted:
@@ -232,7 +250,8 @@ def translate(graph: tf.Graph, inputs: dict[str, str], outputs: dict[str, str], 
 
 
 def unsupported_ops(graph: tf.Graph, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, str]:
-    """Op types `auto` cannot translate (type -> one node name); empty when the graph converts."""
+    """Op types `auto` cannot translate, not even as a raw TF op (type -> one node name); empty when the graph
+    converts."""
     try:
         translate(graph, inputs, outputs, "")
     except UnsupportedGraph as exc:
