@@ -94,7 +94,8 @@ def measure(route: str, name: str, folder: Path, work: Path) -> dict:
         return {"seconds": None, "converted": False, "error": _first_line(exc)}
     mapping = json.loads(WorkDir(out / "stages").mapping.read_text())
     arrays = load_shard(spec, spec.shard_paths()[0])
-    got, want = call_savedmodel(Path(spec.export.dir), arrays), run_tf1(spec, arrays, spec.verify.batch_size, "/CPU:0")
+    got = call_savedmodel(spec, Path(spec.export.dir), arrays)
+    want = run_tf1(spec, arrays, spec.verify.batch_size, "/CPU:0")
     checks = {k: compare(np.asarray(got[k]), want[k], spec.verify.tolerance_for(k)) for k in want}
     return {"seconds": stages["reconstruct"] + stages["restore"] + stages["export"], "inspect": stages["inspect"],
             "converted": all(c["passed"] for c in checks.values()),

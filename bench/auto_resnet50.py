@@ -122,10 +122,10 @@ def freeze_route(spec, out: Path) -> None:
     tf.saved_model.save(module, str(out), signatures={"serving_default": fn})
 
 
-def check(path: Path, arrays: dict, want: np.ndarray) -> str:
+def check(spec, path: Path, arrays: dict, want: np.ndarray) -> str:
     """How the SavedModel's output compares with the TF1 graph's."""
     try:
-        got = call_savedmodel(path, arrays)
+        got = call_savedmodel(spec, path, arrays)
     except Exception as exc:  # noqa: BLE001 - a broken export is a result to report
         return f"fails when called: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
     key = "probs" if "probs" in got else next(iter(got))
@@ -193,7 +193,7 @@ def main() -> None:
     for label, route, path in rows:
         seconds = ", ".join(f"{r['seconds']:.2f}" for r in runs[route])
         print(f"{label:<42}{median[route]:>9.2f}{median[route] / median['freeze']:>10.2f}{size_mb(Path(path)):>8.1f}"
-              f"  {seconds}; {check(Path(path), arrays, want)}")
+              f"  {seconds}; {check(spec, Path(path), arrays, want)}")
     stages = {name: statistics.median(r["stages"][name] for r in runs["ferry"]) for name in runs["ferry"][0]["stages"]}
     print("ferry stages (median): " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
     print(f"ferry / freeze: {median['ferry'] / median['freeze']:.2f}   (goal <= 1.0)")

@@ -165,7 +165,7 @@ def test_drafted_specs_validate_and_migrate_unchanged(graphs, tmp_path, monkeypa
     cat = load_catalogue(folder / "catalogue.yaml")
     spec = cat.specs["slim_inception_v1"]
     arrays = load_shard(spec, spec.shard_paths()[0])
-    got = call_savedmodel(spec.export.dir, arrays)
+    got = call_savedmodel(spec, spec.export.dir, arrays)
     want = run_tf1(spec, arrays, 4, "/CPU:0")
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)

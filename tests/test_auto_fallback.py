@@ -77,7 +77,7 @@ def test_ops_without_translation_convert_verify_and_export(built, tmp_path, monk
     assert keras_record["outputs"]["y"]["passed"] and not keras_record["portable"]
     assert keras_record["non_portable"] == ["ferry.keras3.raw_op.RawOp"]
     arrays = load_shard(spec, spec.shard_paths()[1])
-    got, want = call_savedmodel(exported["path"], arrays), run_tf1(spec, arrays, 8, "/CPU:0")
+    got, want = call_savedmodel(spec, exported["path"], arrays), run_tf1(spec, arrays, 8, "/CPU:0")
     np.testing.assert_allclose(got["y"], want["y"], atol=1e-5, rtol=1e-5)
 
     from ferry.review.records import log_stage_files

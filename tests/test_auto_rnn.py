@@ -213,3 +213,17 @@ def test_keras_export_of_ferry_rnn_layers_reloads_and_matches_on_jax(graphs, tmp
     failed = {path: out for path, outs in loaded["errors"].items() for out in outs.values() if not out[1]}
     assert not failed, loaded["errors"]
     print(loaded["errors"])
+
+
+@pytest.mark.tf1
+def test_export_rechecks_a_time_major_output_in_small_batches(graphs, tmp_path):
+    """LSTMBlockFusedCell's outputs are time-major ([time, batch, units]): export's re-checks batch the
+    SavedModel like the in-memory model, so the batches line up."""
+    spec = auto_spec(graphs / "block_cells", tmp_path)
+    spec = spec.model_copy(update={"verify": spec.verify.model_copy(update={"batch_size": 4})})
+    info, restored, _ = migrated(spec, tmp_path)
+    rows = len(next(iter(load_shard(spec, spec.shard_paths()[0]).values())))
+    assert rows > 4  # more than one batch
+    exported = export_savedmodel(spec, info, restored, spec.shard_paths()[0])
+    assert all(out["passed"] for out in exported["outputs"].values()), exported["outputs"]
+    assert all(out["passed"] for out in exported["keras"]["outputs"].values()), exported["keras"]["outputs"]

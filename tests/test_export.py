@@ -362,7 +362,7 @@ def test_flow_logs_keras_artifact_portability_and_registers_it(catalogue):
     spec = spec_of(catalogue, "mlp")
     arrays = load_shard(spec, spec.shard_paths()[0])
     np.testing.assert_array_equal(load_migrated("mlp", uri).predict(arrays)["probs"],
-                                  call_savedmodel(spec.export.dir, arrays)["probs"])
+                                  call_savedmodel(spec, spec.export.dir, arrays)["probs"])
 
     # A cached rerun points at the run holding the files and still tags portability.
     migrate_catalogue(str(catalogue), only=["mlp"])

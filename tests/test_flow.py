@@ -107,7 +107,7 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
                                      (spec.source.inputs, spec.source.outputs)))
         shard = spec.shard_paths()[-1]
         arrays = load_shard(spec, shard)
-        got = call_savedmodel(spec.export.dir, arrays)
+        got = call_savedmodel(spec, spec.export.dir, arrays)
         want = run_tf1(spec, arrays, 64, "/CPU:0")
         assert sorted(got) == list(output[name])  # the serving names: a SavedModel's signature keys too
         for out in output[name]:
