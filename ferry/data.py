@@ -252,7 +252,7 @@ class Feature(Options):
     @model_validator(mode="after")
     def _var_len_shape(self) -> Feature:
         if self.var_len and len(self.shape) != 1:
-            raise ValueError(f"a var_len feature has shape [padded length], got {self.shape}")
+            raise ValueError(f"a var_len feature has shape [padded length]: one dimension, not {len(self.shape)}")
         fits = {"string": str, "int64": int, "float32": (int, float)}[self.dtype]
         if self.var_len and (not isinstance(self.pad, fits) or isinstance(self.pad, bool)):
             raise ValueError(f"pad {self.pad!r} is not a {self.dtype} value")
@@ -371,14 +371,14 @@ def _numpy_dtype(feature: Feature) -> Any:
 
 
 def _finish(values: np.ndarray, counts: np.ndarray, serving: str, feature: Feature, name: str,
-            file: Path, first: int) -> np.ndarray:
+            file: Path, first: int, where: str) -> np.ndarray:
     """One batch of a feature: var-length values padded to shape[0] (longer ones refused), cast."""
     if feature.var_len:
         length = feature.shape[0]
         too_long = np.flatnonzero(counts > length)
         if too_long.size:
             i = int(too_long[0])
-            raise ShardError(f"{file.name} record {first + i}: feature {name!r} (input {serving!r}) has "
+            raise ShardError(f"{where}: {file.name} record {first + i}: feature {name!r} (input {serving!r}) has "
                              f"{int(counts[i])} values; its padded length is {length}")
         if values.shape[1] < length:
             width = [(0, 0), (0, length - values.shape[1])]
@@ -454,7 +454,7 @@ class TFRecord(DataFormat):
             records = tf.data.TFRecordDataset(str(file)).skip(start)
             if stop is not None:
                 records = records.take(stop - start)
-            batches = iter(records.batch(size, deterministic=True))
+            batches = iter(records.batch(size))  # sequential: records in file order, no parallel map
             first = start
             while True:
                 try:
@@ -481,7 +481,7 @@ class TFRecord(DataFormat):
                         value = dense.numpy()
                     else:
                         counts, value = None, value.numpy()
-                    batch[serving] = _finish(value, counts, serving, feature, name, file, first)
+                    batch[serving] = _finish(value, counts, serving, feature, name, file, first, where)
                 yield batch
                 first += n
 
@@ -512,13 +512,15 @@ class TFRecord(DataFormat):
                     values[i, :len(v)] = v
             else:
                 values = np.array(lists, dtype=dtype).reshape(len(lists), *feature.shape)
-            out[serving] = _finish(values, counts, serving, feature, name, file, start)
+            out[serving] = _finish(values, counts, serving, feature, name, file, start, where)
         return out
 
 
 def _first_line(exc: BaseException) -> str:
+    """TensorFlow's message, one line, without its kernel's internal name (`{{function_node ...}}`, `[Op:...]`)."""
     message = getattr(exc, "message", None) or str(exc)
-    return (message.strip().splitlines() or [type(exc).__name__])[0][:400]
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", message)
+    return re.sub(r"\s+", " ", (message.strip().splitlines() or [type(exc).__name__])[0])[:400]
 
 
 # --- a spec's data --------------------------------------------------------------------------------------------
