@@ -464,7 +464,8 @@ def write_token_tfrecords(folder: Path) -> None:
             ids = rng.randint(1, 100, size=rng.randint(8, 21))
             feature = {"token_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=ids.tolist())),
                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(rng.randint(0, 2))]))}
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString(deterministic=True))  # map order fixed: same bytes each build
 
 
 def write_foreign_npz(folder: Path) -> None:
