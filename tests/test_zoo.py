@@ -29,7 +29,8 @@ FORMAT_FILES = {
 }
 NEW_MODELS = ("resnet_bn", "text_lstm", "gru_seq", "transformer")
 # Verification data in other formats than the shards (zoo/build.py EXTRA_DATA), written by TF's and numpy's own APIs.
-EXTRA_FILES = {"text_lstm": ["tfrecords/tokens.tfrecord"], "mnist_cnn": ["foreign/batch-000.npz", "foreign/batch-001.npz"]}
+EXTRA_FILES = {"text_lstm": ["tfrecords/tokens.tfrecord"],
+               "mnist_cnn": ["foreign/batch-000.npz", "foreign/batch-001.npz"]}
 TRAIN_STEPS = {name: 5 for name in MODELS} | {"linear": 20, "mlp": 10}
 MOMENTUM = ("linear", "gru_seq")  # the others train with Adam
 
@@ -376,7 +377,8 @@ def test_extra_verification_data_is_written_by_tf_and_numpy_and_added_to_an_olde
                for r in tf.data.TFRecordDataset(str(zoo / "text_lstm" / "tfrecords" / "tokens.tfrecord"))]
     lengths = [len(r.features.feature["token_ids"].int64_list.value) for r in records]
     assert len(records) == 96 and min(lengths) >= 8 and max(lengths) <= 20 and len(set(lengths)) > 1
-    assert all(0 < v < TOKEN_RANGE["text_lstm"] for r in records for v in r.features.feature["token_ids"].int64_list.value)
+    ids = [v for r in records for v in r.features.feature["token_ids"].int64_list.value]
+    assert all(0 < v < TOKEN_RANGE["text_lstm"] for v in ids)
     with np.load(zoo / "mnist_cnn" / "foreign" / "batch-000.npz") as data:
         assert data.files == ["images__0"] and data["images__0"].shape == (24, 28, 28, 1)
 
