@@ -46,13 +46,14 @@ def data_format(name: str):
 class Options(BaseModel):
     """A format's options in the spec (`verify.<format>`); unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
 class KeyMap(Options):
-    """Where each serving input is in a file: serving name -> key (default: the serving name)."""
+    """Where each serving input is in a file: serving name -> key (default: the serving name). The spec's
+    `keys`; an attribute `keys` would make the model look like a mapping to code that walks it (Prefect)."""
 
-    keys: dict[str, str] = Field(default_factory=dict, description="serving input name -> key in the file")
+    key_map: dict[str, str] = Field(default_factory=dict, alias="keys", description="serving input name -> key")
 
 
 # --- shard references: a file, or records start..stop of a file ----------------------------------------------
@@ -146,14 +147,14 @@ class Npz(DataFormat):
     options = KeyMap
 
     def spec_problems(self, inputs: list[str], options: KeyMap) -> list[tuple[str, str, Any]]:
-        return _unknown_keys(inputs, options.keys)
+        return _unknown_keys(inputs, options.key_map)
 
     def problem(self, file: Path, inputs: list[str], options: KeyMap) -> str | None:
-        return shard_problem(file, inputs, options.keys)
+        return shard_problem(file, inputs, options.key_map)
 
     def stream(self, shard: str, inputs: list[str], options: KeyMap, size: int,
                where: str) -> Iterator[dict[str, np.ndarray]]:
-        return stream_npz(shard_file(shard), inputs, size, where, options.keys)
+        return stream_npz(shard_file(shard), inputs, size, where, options.key_map)
 
 
 @data_format("npy")
@@ -164,7 +165,7 @@ class Npy(DataFormat):
     options = KeyMap
 
     def spec_problems(self, inputs: list[str], options: KeyMap) -> list[tuple[str, str, Any]]:
-        return _unknown_keys(inputs, options.keys)
+        return _unknown_keys(inputs, options.key_map)
 
     def files(self, shard: Path, inputs: list[str], keys: dict[str, str]) -> dict[str, Path]:
         """Input -> its `.npy` file."""
@@ -177,7 +178,7 @@ class Npy(DataFormat):
 
     def problem(self, file: Path, inputs: list[str], options: KeyMap) -> str | None:
         try:
-            files = self.files(file, inputs, options.keys)
+            files = self.files(file, inputs, options.key_map)
         except ShardError as exc:
             return str(exc)
         rows = {}
@@ -210,7 +211,7 @@ class Npy(DataFormat):
         if problem := self.problem(file, inputs, options):
             raise ShardError(f"{where}: {problem}")
         arrays = {name: np.load(path, mmap_mode="r", allow_pickle=False)
-                  for name, path in self.files(file, inputs, options.keys).items()}
+                  for name, path in self.files(file, inputs, options.key_map).items()}
         rows = len(next(iter(arrays.values())))
         for start in range(0, rows, size):  # memory-mapped: only this batch's rows are read
             yield {name: np.array(a[start:start + size]) for name, a in arrays.items()}

@@ -64,6 +64,9 @@ def test_npz_with_foreign_keys_reads_through_the_key_map(tmp_path):
     np.savez(tmp_path / "a.npz", images__0=images, other=np.zeros(10))
     spec = load_spec(spec_file(tmp_path, "*.npz", {"npz": {"keys": {"images": "images__0"}}}))
     assert spec.verify.format == "npz" and spec.shards() == [str(tmp_path / "a.npz")]
+    # Prefect walks a task's parameters and reads a model with a `keys` attribute as a mapping: the key map is
+    # `keys` in the spec, `key_map` on the model
+    assert not hasattr(spec.verify.npz, "keys") and spec.verify.npz.model_dump() == {"keys": {"images": "images__0"}}
     batches = list(stream(spec, spec.shards()[0], 4))
     assert [len(b["images"]) for b in batches] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate([b["images"] for b in batches]), images)
@@ -328,7 +331,7 @@ def test_the_catalogue_verifies_mnist_from_foreign_npz_keys(catalogue, tmp_path)
     from tasks.verify import verify_shard
 
     spec = spec_of(catalogue, "mnist_cnn_keys")
-    assert spec.verify.npz.keys == {"images": "images__0"} and len(spec.shards()) == 2
+    assert spec.verify.npz.key_map == {"images": "images__0"} and len(spec.shards()) == 2
     info, restored = restore_stages(spec, tmp_path / "work")
     for i, shard in enumerate(spec.shards()):
         record = verify_shard(spec, info, restored, shard, i)
