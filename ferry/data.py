@@ -517,6 +517,99 @@ class TFRecord(DataFormat):
         return out
 
 
+# --- a folder of image files ---------------------------------------------------------------------------------
+
+class ImageFolderOptions(Options):
+    """A folder of image files per shard (in file-name order), each decoded, resized and scaled into one row."""
+
+    input: str | None = Field(None, description="the serving input fed (default: the model's only one)")
+    size: list[int] = Field(min_length=2, max_length=2, description="[height, width] every image is resized to")
+    resample: Literal["nearest", "bilinear", "bicubic"] = Field("bilinear", description="PIL's resampling filter")
+    mode: Literal["RGB", "L"] = Field("RGB", description="RGB: 3 channels; L: 1 (grey)")
+    scale: float = Field(1.0, description="row = pixels * scale + offset (float32)")
+    offset: float = 0.0
+    dtype: Literal["float32", "uint8"] = Field("float32", description="uint8: the resized pixels, unscaled")
+    extensions: list[str] = Field([".png", ".jpg", ".jpeg", ".bmp"], description="the files read, by suffix")
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(d <= 0 for d in value):
+            raise ValueError("[height, width] must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _unscaled_uint8(self) -> ImageFolderOptions:
+        if self.dtype == "uint8" and (self.scale, self.offset) != (1.0, 0.0):
+            raise ValueError("dtype uint8 feeds the pixels unscaled: scale and offset are for float32")
+        return self
+
+
+@data_format("image_folder")
+class ImageFolder(DataFormat):
+    """Image files (PNG, JPEG, BMP), one folder per shard (the glob matches folders), read with PIL in both
+    processes: converted to `mode`, resized to `size`, scaled; they feed one serving input."""
+
+    options = ImageFolderOptions
+
+    def fed(self, inputs: list[str], options: ImageFolderOptions) -> str | None:
+        return options.input or (inputs[0] if len(inputs) == 1 else None)
+
+    def spec_problems(self, inputs: list[str], options: ImageFolderOptions) -> list[tuple[str, str, Any]]:
+        if options.input is not None and options.input not in inputs:
+            return [("input", f"is not a serving input of the model {sorted(inputs)}", options.input)]
+        if len(inputs) != 1:
+            return [("input", f"a folder of images feeds one input; the model takes {sorted(inputs)}: the others "
+                     "need another data format", options.input)]
+        return []
+
+    def images(self, folder: Path, options: ImageFolderOptions) -> list[Path]:
+        suffixes = {e.lower() for e in options.extensions}
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+    def problem(self, file: Path, inputs: list[str], options: ImageFolderOptions) -> str | None:
+        if not file.is_dir():
+            return f"{file.name} is not a folder (an image_folder shard is a folder of images)"
+        images = self.images(file, options)
+        if not images:
+            return f"{file.name} holds no image file ({', '.join(options.extensions)})"
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(images[0]):  # the header only
+                pass
+        except (UnidentifiedImageError, OSError) as exc:
+            return f"{file.name}/{images[0].name} is not a readable image ({exc})"
+        return None
+
+    def row(self, path: Path, options: ImageFolderOptions, where: str) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        filters = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                   "bicubic": Image.Resampling.BICUBIC}
+        try:
+            with Image.open(path) as image:
+                image = image.convert(options.mode).resize((options.size[1], options.size[0]),
+                                                           filters[options.resample])
+                pixels = np.asarray(image)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ShardError(f"{where}: {path.parent.name}/{path.name} is not a readable image ({exc})") from None
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        if options.dtype == "uint8":
+            return pixels.astype(np.uint8)
+        return (pixels.astype(np.float32) * np.float32(options.scale) + np.float32(options.offset)).astype(np.float32)
+
+    def stream(self, shard: str, inputs: list[str], options: ImageFolderOptions, size: int,
+               where: str) -> Iterator[dict[str, np.ndarray]]:
+        folder = shard_file(shard)
+        if problem := self.problem(folder, inputs, options):
+            raise ShardError(f"{where}: {problem}")
+        name = self.fed(inputs, options)
+        images = self.images(folder, options)
+        for start in range(0, len(images), size):
+            yield {name: np.stack([self.row(p, options, where) for p in images[start:start + size]])}
+
+
 def _first_line(exc: BaseException) -> str:
     """TensorFlow's message, one line, without its kernel's internal name (`{{function_node ...}}`, `[Op:...]`)."""
     message = getattr(exc, "message", None) or str(exc)

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from ferry.data import DATA_FORMATS, DEFAULT_FORMAT, KeyMap, Options, TFRecordOptions
+from ferry.data import DATA_FORMATS, DEFAULT_FORMAT, ImageFolderOptions, KeyMap, Options, TFRecordOptions
 from ferry.data import units as data_units
 from ferry.sources import FORMATS, latest_checkpoint
 from ferry.stages import STAGES
@@ -319,6 +319,7 @@ class Verify(_Strict):
     npz: KeyMap | None = Field(None, description="`.npz` archives (the default); keys: serving name -> array name")
     npy: KeyMap | None = Field(None, description="`.npy` arrays; keys: serving name -> <key>.npy in a shard folder")
     tfrecord: TFRecordOptions | None = Field(None, description="TFRecord files of tf.Example")
+    image_folder: ImageFolderOptions | None = Field(None, description="a folder of image files per shard")
     batch_size: int = Field(64, gt=0)
     tolerance: Tolerance = Field(default_factory=Tolerance)
     outputs: dict[str, Tolerance] = Field(default_factory=dict, description="per-output override")

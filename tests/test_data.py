@@ -54,7 +54,7 @@ def problems_of(path: Path) -> list[str]:
 
 @pytest.mark.unit
 def test_the_registry_and_the_spec_name_the_same_formats():
-    assert list(DATA_FORMATS) == ["npz", "npy", "tfrecord"]
+    assert list(DATA_FORMATS) == ["npz", "npy", "tfrecord", "image_folder"]
     assert all(name in Verify.model_fields for name in DATA_FORMATS)
 
 
@@ -142,7 +142,8 @@ def test_format_options_are_validated_with_file_field_and_value(tmp_path):
                                  "(got 'int99')"]
 
     path = spec_file(tmp_path, "*.npz", {"npz": {"keys": {}}, "npy": {}})
-    assert problems_of(path) == [f"{path}: verify: names at most one data format of `npz`, `npy`, `tfrecord` "
+    assert problems_of(path) == [f"{path}: verify: names at most one data format of `npz`, `npy`, `tfrecord`, "
+                                 "`image_folder` "
                                  "(got ['npz', 'npy'])"]
 
     path = spec_file(tmp_path, "*.npz", {"npz": {"key": {"images": "x"}}})
@@ -336,3 +337,58 @@ def test_the_catalogue_verifies_mnist_from_foreign_npz_keys(catalogue, tmp_path)
     for i, shard in enumerate(spec.shards()):
         record = verify_shard(spec, info, restored, shard, i)
         assert record["passed"] and record["rows"] == 24
+
+
+# --- a folder of images, written by tf.io.encode_png -------------------------------------------------------------
+
+
+def write_pngs(folder: Path, images: np.ndarray) -> None:
+    import tensorflow as tf
+
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        (folder / f"img-{i:03d}.png").write_bytes(tf.io.encode_png(image).numpy())
+
+
+@pytest.mark.tf1
+def test_an_image_folder_is_decoded_resized_and_scaled_in_file_order(tmp_path):
+    from PIL import Image
+
+    images = np.random.RandomState(0).randint(0, 256, size=(5, 12, 10, 3)).astype(np.uint8)
+    write_pngs(tmp_path / "set-0", images)
+    (tmp_path / "set-0" / "notes.txt").write_text("not an image")  # other files are not read
+    options = {"size": [12, 10], "scale": 1 / 255, "offset": -0.5}
+    spec = load_spec(spec_file(tmp_path, "set-*", {"image_folder": options}))
+    assert spec.shards() == [str(tmp_path / "set-0")]
+    batches = list(stream(spec, spec.shards()[0], 2))
+    assert [len(b["images"]) for b in batches] == [2, 2, 1]
+    got = np.concatenate([b["images"] for b in batches])
+    assert got.dtype == np.float32 and got.shape == (5, 12, 10, 3)
+    np.testing.assert_allclose(got, images.astype(np.float32) / 255 - 0.5, rtol=0, atol=1e-6)
+
+    spec = load_spec(spec_file(tmp_path, "set-*", {"image_folder": {"size": [6, 5], "mode": "L", "dtype": "uint8"}}))
+    got = load_shard(spec, spec.shards()[0])["images"]
+    want = np.asarray(Image.fromarray(images[3]).convert("L").resize((5, 6), Image.Resampling.BILINEAR))
+    assert got.shape == (5, 6, 5, 1) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[3, ..., 0], want)
+
+
+@pytest.mark.tf1
+def test_image_folder_problems_name_the_folder_the_file_and_the_field(tmp_path):
+    write_pngs(tmp_path / "set-0", np.zeros((2, 4, 4, 3), np.uint8))
+    path = spec_file(tmp_path, "set-*", {"image_folder": {"size": [4, 4]}}, inputs='{a: "a:0", b: "b:0"}')
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: verify.image_folder.input: a folder of images feeds one input; the model "
+                              "takes ['a', 'b']")
+    path = spec_file(tmp_path, "set-*", {"image_folder": {"size": [4, 0]}})
+    assert problems_of(path) == [f"{path}: verify.image_folder.size: [height, width] must be positive "
+                                 "(got [4, 0])"]
+    (tmp_path / "set-1").mkdir()
+    path = spec_file(tmp_path, "set-*", {"image_folder": {"size": [4, 4]}})
+    assert problems_of(path) == [f"{path}: verify.shards: set-1 holds no image file (.png, .jpg, .jpeg, .bmp) "
+                                 f"(got '{tmp_path / 'set-1'}')"]
+    (tmp_path / "set-1").rmdir()
+    spec = load_spec(path)
+    (tmp_path / "set-0" / "img-001.png").write_bytes(b"not a png")  # validation opened the first image only
+    with pytest.raises(ShardError, match=r"demo.yaml: verify.shards: set-0/img-001.png is not a readable image"):
+        load_shard(spec, spec.shards()[0])
