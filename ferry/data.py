@@ -4,6 +4,7 @@
     verify: {shards: shards/*.npz, npz: {keys: {images: images__0}}}          # serving name -> key in the file
     verify: {shards: data/*.npy, npy: {}}                                      # one input: the array itself
     verify: {shards: data/*.tfrecord, tfrecord: {records_per_shard: 32, features: {tokens: {...}}}}
+    verify: {shards: images/batch-*/, image_folder: {size: [32, 32], scale: 0.00392156862745098}}
 
 A shard is the unit of caching and parallelism: a file (or, for `.npy` with several inputs, a folder of
 `<key>.npy`), or a range of records of a TFRecord file, written `file[start:stop]`. Every format streams a
@@ -11,7 +12,7 @@ shard batch by batch, so memory stays that of one batch however large or many th
 
 This module imports no TensorFlow: the flow process checks and peeks at shards with numpy and plain
 Python (a TFRecord file's framing and `tf.Example` protos are read by hand), and only the model's process
-parses records, with `tf.io.parse_example`.
+parses records, with `tf.io.parse_example`. Images are read with PIL on both sides.
 """
 
 from __future__ import annotations

@@ -313,7 +313,7 @@ class Tolerance(_Strict):
 
 class Verify(_Strict):
     """Verification dataset and tolerances. The shards' data format (`ferry.data`) is named by its key, with its
-    options: `npz` (the default), `npy` or `tfrecord`; at most one."""
+    options: `npz` (the default), `npy`, `tfrecord` or `image_folder`; at most one."""
 
     shards: str = Field(min_length=1, description="glob of shards (files; npy: folders too), relative to the spec")
     npz: KeyMap | None = Field(None, description="`.npz` archives (the default); keys: serving name -> array name")
