@@ -1,7 +1,9 @@
-"""Verification shards (`.npz`, one array per serving input): checked from their headers, loaded whole.
+"""Verification shards in `.npz` archives (one array per serving input, or per key of a key map): checked from
+their headers, streamed row block by row block; `load_shard`/`stream_shard` read a spec's shard in any data
+format (`ferry/data.py`: npz, npy, tfrecord, image_folder).
 
 Only numpy: the flow process checks shards at validation time without reading their data, and the
-model's process loads them. Object arrays are refused, never unpickled.
+model's process streams them. Object arrays are refused, never unpickled.
 """
 
 from __future__ import annotations
