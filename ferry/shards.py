@@ -1,7 +1,9 @@
-"""Verification shards (`.npz`, one array per serving input): checked from their headers, loaded whole.
+"""Verification shards in `.npz` archives (one array per serving input, or per key of a key map): checked from
+their headers, streamed row block by row block; `load_shard`/`stream_shard` read a spec's shard in any data
+format (`ferry/data.py`: npz, npy, tfrecord, image_folder).
 
 Only numpy: the flow process checks shards at validation time without reading their data, and the
-model's process loads them. Object arrays are refused, never unpickled.
+model's process streams them. Object arrays are refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -40,16 +42,20 @@ def array_headers(shard: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return headers
 
 
-def shard_problem(shard: Path, inputs: list[str]) -> str | None:
-    """What keeps `shard` from feeding `inputs` (serving names), or None: unreadable, an input missing,
-    Python objects, no rows, or inputs with different numbers of rows."""
+def shard_problem(shard: Path, inputs: list[str], keys: dict[str, str] | None = None) -> str | None:
+    """What keeps `shard` from feeding `inputs` (serving names; `keys`: serving name -> array name in the file,
+    default the serving name), or None: unreadable, an input missing, Python objects, no rows, or inputs with
+    different numbers of rows."""
     try:
         headers = array_headers(shard)
     except ShardError as exc:
         return str(exc)
-    missing = [name for name in inputs if name not in headers]
+    keys = keys or {}
+    missing = [keys.get(name, name) for name in inputs if keys.get(name, name) not in headers]
     if missing:
-        return f"{shard.name} has no array for input(s) {missing} (it holds {sorted(headers)})"
+        named = "key(s)" if keys else "input(s)"
+        return f"{shard.name} has no array for {named} {missing} (it holds {sorted(headers)})"
+    headers = {name: headers[keys.get(name, name)] for name in inputs}
     objects = [name for name in inputs if headers[name][1].hasobject]
     if objects:
         return f"{shard.name}: {objects} hold Python objects; ferry reads numeric arrays only (never unpickles)"
@@ -72,19 +78,30 @@ def read_shard(shard: Path, inputs: list[str], where: str) -> dict[str, np.ndarr
         return {name: data[name] for name in inputs}
 
 
-def load_shard(spec: ModelSpec, shard: Path) -> dict[str, np.ndarray]:
-    """A spec's shard: one array per serving input; an error names the spec, the shard and what is wrong."""
-    return read_shard(Path(shard), list(spec.source.inputs), f"{spec.spec_file}: verify.shards")
+def load_shard(spec: ModelSpec, shard: str | Path) -> dict[str, np.ndarray]:
+    """A spec's shard whole (any data format of `ferry.data`): one array per serving input; an error names the
+    spec, the shard and what is wrong."""
+    from ferry.data import load
+
+    return load(spec, shard)
 
 
-def stream_shard(spec: ModelSpec, shard: Path, size: int) -> Iterator[dict[str, np.ndarray]]:
-    """A spec's shard batch by batch (`size` rows), never whole: each input's rows are read block by block
-    from the archive (an array stored in Fortran order is read whole, as numpy must)."""
-    inputs, where = list(spec.source.inputs), f"{spec.spec_file}: verify.shards"
-    if problem := shard_problem(Path(shard), inputs):
+def stream_shard(spec: ModelSpec, shard: str | Path, size: int) -> Iterator[dict[str, np.ndarray]]:
+    """A spec's shard batch by batch (`size` rows), never whole, in its data format (`ferry.data`)."""
+    from ferry.data import stream
+
+    return stream(spec, shard, size)
+
+
+def stream_npz(shard: Path, inputs: list[str], size: int, where: str,
+               keys: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """An `.npz` shard batch by batch: each input's rows (array `keys[name]`, default the serving name) are read
+    block by block from the archive (an array stored in Fortran order is read whole, as numpy must)."""
+    keys = keys or {}
+    if problem := shard_problem(Path(shard), inputs, keys):
         raise ShardError(f"{where}: {problem}")
     with zipfile.ZipFile(shard) as archive:
-        readers = {name: _RowReader(archive.open(f"{name}.npy")) for name in inputs}
+        readers = {name: _RowReader(archive.open(f"{keys.get(name, name)}.npy")) for name in inputs}
         rows = next(iter(readers.values())).rows
         for start in range(0, rows, size):
             yield {name: reader.read(min(size, rows - start)) for name, reader in readers.items()}

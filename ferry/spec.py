@@ -23,7 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from ferry.shards import shard_problem
+from ferry.data import DATA_FORMATS, DEFAULT_FORMAT, ImageFolderOptions, KeyMap, Options, TFRecordOptions
+from ferry.data import units as data_units
 from ferry.sources import FORMATS, latest_checkpoint
 from ferry.stages import STAGES
 
@@ -311,12 +312,35 @@ class Tolerance(_Strict):
 
 
 class Verify(_Strict):
-    """Verification dataset and tolerances."""
+    """Verification dataset and tolerances. The shards' data format (`ferry.data`) is named by its key, with its
+    options: `npz` (the default), `npy`, `tfrecord` or `image_folder`; at most one."""
 
-    shards: str = Field(min_length=1, description="glob of .npz shards, relative to the spec")
+    shards: str = Field(min_length=1, description="glob of shards (files; npy: folders too), relative to the spec")
+    npz: KeyMap | None = Field(None, description="`.npz` archives (the default); keys: serving name -> array name")
+    npy: KeyMap | None = Field(None, description="`.npy` arrays; keys: serving name -> <key>.npy in a shard folder")
+    tfrecord: TFRecordOptions | None = Field(None, description="TFRecord files of tf.Example")
+    image_folder: ImageFolderOptions | None = Field(None, description="a folder of image files per shard")
     batch_size: int = Field(64, gt=0)
     tolerance: Tolerance = Field(default_factory=Tolerance)
     outputs: dict[str, Tolerance] = Field(default_factory=dict, description="per-output override")
+
+    @model_validator(mode="after")
+    def _one_format(self) -> Verify:
+        named = [name for name in DATA_FORMATS if getattr(self, name, None) is not None]
+        if len(named) > 1:
+            raise ValueError(f"names at most one data format of {', '.join(f'`{n}`' for n in DATA_FORMATS)} "
+                             f"(got {named})")
+        return self
+
+    @property
+    def format(self) -> str:
+        """The shards' data format: the one named, else npz."""
+        return next((name for name in DATA_FORMATS if getattr(self, name, None) is not None), DEFAULT_FORMAT)
+
+    @property
+    def data(self) -> Options:
+        """The format's options (its defaults when the spec names none)."""
+        return getattr(self, self.format, None) or DATA_FORMATS[self.format].options()
 
     def tolerance_for(self, output: str) -> Tolerance:
         return self.outputs.get(output, self.tolerance)
@@ -355,7 +379,13 @@ class ModelSpec(_Strict):
         return self
 
     def shard_paths(self) -> list[Path]:
+        """The files (or folders) the shard glob matches."""
         return [Path(p) for p in sorted(glob.glob(self.verify.shards))]
+
+    def shards(self) -> list[str]:
+        """The verification shards, in order: a file each, or a range of a TFRecord file's records
+        (`file[start:stop]`, with `records_per_shard`); each is one verify task."""
+        return data_units(self)
 
     def with_signature(self, inputs: dict[str, str], outputs: dict[str, str]) -> ModelSpec:
         """This spec with the serving signature inspect resolved (a SavedModel's own, where the spec gave
@@ -520,8 +550,15 @@ def _check_files(spec: ModelSpec, file: Path) -> list[Problem]:
     if not spec.shard_paths():
         problems.append(Problem(file=str(file), field="verify.shards", message="glob matches no file",
                                 value=spec.verify.shards))
-    for shard in spec.shard_paths() if src.inputs else []:  # a SavedModel's own inputs are read at inspect
-        if problem := shard_problem(shard, list(src.inputs)):
+    if not src.inputs:  # a SavedModel's own inputs are read at inspect
+        return problems
+    fmt, options = DATA_FORMATS[spec.verify.format], spec.verify.data
+    own = [Problem(file=str(file), field=f"verify.{fmt.name}.{field}", message=message, value=value)
+           for field, message, value in fmt.spec_problems(list(src.inputs), options)]
+    if own:
+        return problems + own
+    for shard in spec.shard_paths():
+        if problem := fmt.problem(shard, list(src.inputs), options):
             problems.append(Problem(file=str(file), field="verify.shards", message=problem, value=str(shard)))
     return problems
 

@@ -227,7 +227,7 @@ def _migrate(spec: ModelSpec, settings: RunSettings, work: WorkDir, run: Run, re
                 _verify(stages, reconstructed, restored, run, work)
             with record.stage("export"):
                 exported = stages.run("export", reconstructed=reconstructed, restored=restored,
-                                      shard=str(spec.shard_paths()[0]))
+                                      shard=spec.shards()[0])
                 log_savedmodel(run, Path(exported["path"]), work, cached=stages.states["export"] == "Cached")
     except StageFailed as exc:
         error = exc
@@ -258,14 +258,14 @@ def _for_review(run: Run, model: str, what: str, fn, *args) -> None:
 def _verify(stages: ModelRun, reconstructed: Reconstructed, restored: Restored, run: Run, work: WorkDir) -> None:
     """One task per shard, run concurrently in the model's process; every shard's parity is logged
     (shard index as step) before judging."""
-    shards = stages.spec.shard_paths()
+    shards = stages.spec.shards()
     if not shards:
         raise ValueError(f"{stages.spec.spec_file}: verify.shards: no file matches {stages.spec.verify.shards!r}")
 
-    def one(index: int, shard: Path) -> Any:
+    def one(index: int, shard: str) -> Any:
         try:
             return stages.run("verify", label=f"verify-shard-{index}", reconstructed=reconstructed,
-                              restored=restored, shard=str(shard), index=index, work=work)
+                              restored=restored, shard=shard, index=index, work=work)
         except ParityError as exc:
             return exc.record
         except Exception as exc:  # noqa: BLE001 - the verdict lists every shard's error

@@ -19,6 +19,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from ferry.cache import fingerprint, stage_key
+from ferry.data import shard_file
 from ferry.isolation import ModelProcess
 from ferry.sources import FORMATS
 from ferry.spec import ModelSpec, StageTimeouts
@@ -38,7 +39,7 @@ READS = {
     "graph": lambda spec, inputs: FORMATS[spec.source.format].graph_files(spec.source),
     "weights": lambda spec, inputs: FORMATS[spec.source.format].weight_files(spec.source),
     "factory": lambda spec, inputs: factory_files(spec),
-    "shard": lambda spec, inputs: [Path(inputs["shard"])],
+    "shard": lambda spec, inputs: [shard_file(inputs["shard"])],  # a file, or the file of a record range
 }
 
 

@@ -49,6 +49,27 @@ def shard(name: str, **arrays) -> Callable[[dict, Path], None]:
     return change
 
 
+def keyed_shard(name: str, keys: dict[str, str], **arrays) -> Callable[[dict, Path], None]:
+    """A case whose only shard holds `arrays`, read through the key map `keys` (`verify.npz.keys`)."""
+    def change(spec: dict, folder: Path) -> None:
+        shard(name, **arrays)(spec, folder)
+        spec["verify"]["npz"] = {"keys": keys}
+    return change
+
+
+def tfrecord(name: str, rows: list[dict[str, list[float]]], features: dict) -> Callable[[dict, Path], None]:
+    """A case whose only shard is a TFRecord of `tf.Example`s (float lists), written by `tf.io.TFRecordWriter`."""
+    def change(spec: dict, folder: Path) -> None:
+        import tensorflow as tf
+
+        with tf.io.TFRecordWriter(str(folder / name)) as writer:
+            for row in rows:
+                feature = {k: tf.train.Feature(float_list=tf.train.FloatList(value=v)) for k, v in row.items()}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        spec["verify"].update(shards=str(folder / name), tfrecord={"features": features})
+    return change
+
+
 def files(name: str, data: bytes, key: str) -> Callable[[dict, Path], None]:
     """A case whose `source.<key>` (or `verify.shards`) points at a file holding `data`."""
     def change(spec: dict, folder: Path) -> None:
@@ -158,6 +179,13 @@ CASES: dict[str, Case] = {
     "shard_wrong_shape": Case("verify",
                               "verify.shards: shard.npz: input 'x' has rows of shape [3]; the model takes [1]",
                               shard("shard.npz", x=np.zeros((4, 3), np.float32))),
+    "npz_key_not_in_shard": Case("spec", "shard.npz has no array for key(s) ['x__0'] (it holds ['x_0'])",
+                                 keyed_shard("shard.npz", {"x": "x__0"}, x_0=np.zeros((4, 1), np.float32))),
+    "tfrecord_record_lacks_a_feature": Case(  # validation reads record 0; verify parses them all
+        "verify", "verify.shards: data.tfrecord: records 0..3 do not parse as the spec's features: Name: data.tfrecord "
+        "record 2, Feature: x (data type: float) is required but could not be found.",
+        tfrecord("data.tfrecord", [{"x": [1.0]}, {"x": [2.0]}, {"y": [3.0]}, {"x": [4.0]}],
+                 {"x": {"dtype": "float32", "shape": [1]}})),
     "nan_inputs": Case("verify", "non-finite values (NaN/inf): 8 in TF1's output, 8 in Keras', 0 where they differ",
                        shard("shard.npz", x=NAN)),
     # the spec itself

@@ -35,10 +35,15 @@ def runs_of(client: MlflowClient, experiment: str):
 
 
 # The example catalogue: every model and its outputs; the last three are a TF1 Estimator model_dir, a frozen
-# GraphDef and a TF1 SavedModel (served under its signature's keys), the others .meta graphs + checkpoints.
+# GraphDef and a TF1 SavedModel (served under its signature's keys), the others .meta graphs + checkpoints;
+# mnist_cnn_keys and text_lstm_tfrecord verify from an .npz with foreign keys and from a TFRecord of tf.Examples.
 MODELS = {"estimator_dnn": ("predictions",), "frozen_cnn": ("probs",), "gru_seq": ("scores",), "linear": ("y",),
-          "mlp": ("probs",), "mnist_cnn": ("probs",), "resnet_bn": ("probs",), "savedmodel_mlp": ("classes", "scores"),
-          "text_lstm": ("probs",), "transformer": ("probs",)}
+          "mlp": ("probs",), "mnist_cnn": ("probs",), "mnist_cnn_keys": ("probs",), "resnet_bn": ("probs",),
+          "savedmodel_mlp": ("classes", "scores"), "text_lstm": ("probs",), "text_lstm_tfrecord": ("probs",),
+          "transformer": ("probs",)}
+# The verification shards, as the runs' dataset inputs: four .npz each, but for the two other data layouts.
+DATASETS = {"mnist_cnn_keys": [f"batch-00{i}" for i in range(2)],
+            "text_lstm_tfrecord": [f"tokens-{i}-{i + 32}" for i in (0, 32, 64)]}
 
 
 def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
@@ -78,7 +83,8 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
         assert len(tags["checkpoint.sha256"]) == 64 and tags["ferry.build"].startswith("0.1.0+")
         note = tags["mlflow.note.content"]
         assert note.startswith(f"**{name}**") and "Verdict: **passed**" in note
-        assert [d.dataset.name for d in run.inputs.dataset_inputs] == [f"{name}-shard-00{i}" for i in range(4)]
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == [
+            f"{name}-{shard}" for shard in DATASETS.get(name, [f"shard-00{i}" for i in range(4)])]
         # ... and the hand-over: registered under the spec name, alias `migrated`, tagged with the checkpoint.
         version = client.get_model_version_by_alias(name, "migrated")
         assert version.tags["checkpoint.sha256"] == tags["checkpoint.sha256"] and version.tags["verdict"] == "passed"
@@ -105,8 +111,7 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
     for name, spec in cat.specs.items():
         spec = spec.with_signature(*(READERS[spec.source.format].signature(spec.source) or
                                      (spec.source.inputs, spec.source.outputs)))
-        shard = spec.shard_paths()[-1]
-        arrays = load_shard(spec, shard)
+        arrays = load_shard(spec, spec.shards()[-1])
         got = call_savedmodel(spec, spec.export.dir, arrays)
         want = run_tf1(spec, arrays, 64, "/CPU:0")
         assert sorted(got) == list(output[name])  # the serving names: a SavedModel's signature keys too

@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO
 
 FLOW_SIDE = ["flows.migrate", "ferry.cli", "ferry.spec", "ferry.stages", "ferry.cache", "ferry.isolation",
-             "ferry.prefect_api", "ferry.parity", "ferry.divergence", "ferry.shards", "ferry.export_dir", "ferry.facts",
+             "ferry.prefect_api", "ferry.parity", "ferry.divergence", "ferry.shards", "ferry.data", "ferry.export_dir",
+             "ferry.facts",
              "ferry.files", "ferry.mapping.namemap", "ferry.mapping.transforms", "tasks.stages",
              *sorted(f"ferry.review.{p.stem}" for p in (REPO / "ferry" / "review").glob("*.py")
                      if p.stem != "__init__")]

@@ -28,6 +28,9 @@ FORMAT_FILES = {
                         for ext in ("data-00000-of-00001", "index", "meta")]],
 }
 NEW_MODELS = ("resnet_bn", "text_lstm", "gru_seq", "transformer")
+# Verification data in other formats than the shards (zoo/build.py EXTRA_DATA), written by TF's and numpy's own APIs.
+EXTRA_FILES = {"text_lstm": ["tfrecords/tokens.tfrecord"],
+               "mnist_cnn": ["foreign/batch-000.npz", "foreign/batch-001.npz"]}
 TRAIN_STEPS = {name: 5 for name in MODELS} | {"linear": 20, "mlp": 10}
 MOMENTUM = ("linear", "gru_seq")  # the others train with Adam
 
@@ -172,10 +175,10 @@ def test_layout(zoo: Path):
         assert files == sorted(["manifest.json", *artifact, *[f"shards/shard-{i:03d}.npz" for i in range(4)]])
     for name in MODELS:
         files = sorted(str(p.relative_to(zoo / name)) for p in (zoo / name).rglob("*") if p.is_file())
-        assert files == [
+        assert files == sorted([
             "manifest.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
-            "model.ckpt.meta", *[f"shards/shard-{i:03d}.npz" for i in range(4)],
-        ]
+            "model.ckpt.meta", *[f"shards/shard-{i:03d}.npz" for i in range(4)], *EXTRA_FILES.get(name, []),
+        ])
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -365,3 +368,30 @@ def test_unknown_model_is_rejected(tmp_path):
     for name in MODELS:
         assert name in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_extra_verification_data_is_written_by_tf_and_numpy_and_added_to_an_older_zoo(zoo: Path, tmp_path):
+    """text_lstm's TFRecord of tf.Examples (var-length token ids) and mnist_cnn's npz under a foreign key; a zoo
+    built before them gains them on a plain rerun, bit for bit the same, its models untouched."""
+    records = [tf.train.Example.FromString(r.numpy())
+               for r in tf.data.TFRecordDataset(str(zoo / "text_lstm" / "tfrecords" / "tokens.tfrecord"))]
+    lengths = [len(r.features.feature["token_ids"].int64_list.value) for r in records]
+    assert len(records) == 96 and min(lengths) >= 8 and max(lengths) <= 20 and len(set(lengths)) > 1
+    ids = [v for r in records for v in r.features.feature["token_ids"].int64_list.value]
+    assert all(0 < v < TOKEN_RANGE["text_lstm"] for v in ids)
+    with np.load(zoo / "mnist_cnn" / "foreign" / "batch-000.npz") as data:
+        assert data.files == ["images__0"] and data["images__0"].shape == (24, 28, 28, 1)
+
+    for name in EXTRA_FILES:
+        shutil.copytree(zoo / name, tmp_path / name)
+        shutil.rmtree(tmp_path / name / EXTRA_FILES[name][0].split("/")[0])
+    before = file_stamps(tmp_path)
+    result = run_build("--out", str(tmp_path), "--only", *EXTRA_FILES)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("skipped") == 2 and "wrote its tfrecords/" in result.stdout
+    after = file_stamps(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before  # the models themselves untouched
+    for name, files in EXTRA_FILES.items():
+        for file in files:
+            assert (tmp_path / name / file).read_bytes() == (zoo / name / file).read_bytes()
+    assert not [p for p in tmp_path.rglob(".*tmp*")]

@@ -9,6 +9,12 @@ Each model gets its own folder under ``--out`` (default: this folder)::
                                                uint8 images, int32 tokens)
     <name>/manifest.json                       inputs, outputs, tf_version (written last)
 
+and, for two models, the same kind of data in other formats (``EXTRA_DATA``; written beside a model
+already built too, so an older zoo gains them without a rebuild)::
+
+    text_lstm/tfrecords/tokens.tfrecord        96 tf.Examples: `token_ids`, var-length int64 (8..20)
+    mnist_cnn/foreign/batch-000.npz, 001.npz   images under a foreign key, `images__0`
+
 Usage: ``python zoo/build.py [--out DIR] [--only NAME ...] [--force]``.
 
 Runs in its own process: it needs ``tf_keras`` for ``tf.compat.v1.layers`` and calls
@@ -449,6 +455,50 @@ MODELS: dict[str, Callable[[np.random.RandomState], Built]] = {
 }
 
 
+def write_token_tfrecords(folder: Path) -> None:
+    """text_lstm's verification data as a TFRecord of `tf.Example`s (`tf.io.TFRecordWriter`): per record a
+    var-length `token_ids` int64 list of 8..20 ids in [1, 100) (the model pads to 20 with 0) and a `label`."""
+    rng = np.random.RandomState(SEED + 2)
+    with tf.io.TFRecordWriter(str(folder / "tokens.tfrecord")) as writer:
+        for _ in range(96):
+            ids = rng.randint(1, 100, size=rng.randint(8, 21))
+            feature = {"token_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=ids.tolist())),
+                       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(rng.randint(0, 2))]))}
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString(deterministic=True))  # map order fixed: same bytes each build
+
+
+def write_foreign_npz(folder: Path) -> None:
+    """mnist_cnn's verification data as another tool saved it: `.npz` archives whose key is `images__0`."""
+    rng = np.random.RandomState(SEED + 3)
+    for i in range(2):
+        np.savez(folder / f"batch-{i:03d}.npz", images__0=rng.uniform(size=(24, 28, 28, 1)).astype(np.float32))
+
+
+# model -> (sub-folder, writer): verification data in another format than the shards
+EXTRA_DATA: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "text_lstm": ("tfrecords", write_token_tfrecords),
+    "mnist_cnn": ("foreign", write_foreign_npz),
+}
+
+
+def write_extra_data(name: str, folder: Path) -> str | None:
+    """Write model `name`'s extra verification data into `folder` unless it is there; its sub-folder, if written.
+    Written in a temporary sibling and renamed, so a crash leaves none half-written."""
+    if name not in EXTRA_DATA or (folder / EXTRA_DATA[name][0]).exists():
+        return None
+    sub, write = EXTRA_DATA[name]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{sub}.tmp-", dir=folder))
+    tmp.chmod(0o755)
+    try:
+        write(tmp)
+        os.replace(tmp, folder / sub)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sub
+
+
 def save_checkpoint(sess: v1.Session, folder: Path, built: Built) -> dict:
     """A `.meta` graph and a name-based checkpoint `model.ckpt` (the default)."""
     # write_state=False: no 'checkpoint' file, which would record the temporary path.
@@ -476,6 +526,7 @@ def write_model(name: str, folder: Path) -> tuple[int, int]:
         arrays = built.shard(rng)
         assert set(arrays) == set(built.inputs), (name, sorted(arrays), sorted(built.inputs))
         np.savez(shards / f"shard-{i:03d}.npz", **arrays)
+    write_extra_data(name, folder)
 
     manifest = {
         "name": name,
@@ -517,7 +568,9 @@ def build_atomically(name: str, out: Path, write: Callable[[Path], T]) -> tuple[
 def build_one(name: str, out: Path, force: bool) -> None:
     """Build one model atomically, unless a complete build is there already."""
     if (out / name / "manifest.json").exists() and not force:
-        print(f"{name:<11} skipped (already built; --force to rebuild)", flush=True)
+        added = write_extra_data(name, out / name)
+        print(f"{name:<11} skipped (already built; --force to rebuild)"
+              f"{f'; wrote its {added}/' if added else ''}", flush=True)
         return
     (n_keys, steps), took = build_atomically(name, out, lambda folder: write_model(name, folder))
     print(f"{name:<14} {n_keys:3d} variables, {steps:2d} steps, {took:5.1f} s", flush=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 import ferry
 from ferry.cache import build_id, fingerprint
+from ferry.data import peek, shard_file, shard_stem
 from ferry.divergence import table as divergence_table
 from ferry.export_dir import keras_file, read_marker, savedmodel_entries
 from ferry.files import write_atomically
@@ -77,12 +78,12 @@ def log_datasets(run: Run, spec: ModelSpec) -> None:
     import mlflow.data
 
     inputs = []
-    for index, shard in enumerate(spec.shard_paths()):
-        with np.load(shard) as data:
-            arrays = {name: data[name] for name in spec.source.inputs if name in data.files}
+    for index, shard in enumerate(spec.shards()):
+        arrays = peek(spec, shard)  # numpy and plain Python: the flow process imports no TensorFlow
         with warnings.catch_warnings():  # MLflow registers two equal local-file source classes and says so
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_numpy(arrays, source=str(shard), name=f"{spec.name}-{shard.stem}")
+            dataset = mlflow.data.from_numpy(arrays, source=str(shard_file(shard)),
+                                             name=f"{spec.name}-{shard_stem(shard)}")
         entity = dataset._to_mlflow_entity()
         inputs.append({**{k: getattr(entity, k) for k in ("name", "digest", "source_type", "source", "schema",
                                                            "profile")},
@@ -107,7 +108,7 @@ def log_plots(run: Run, spec: ModelSpec, work: WorkDir, attempted: dict[str, flo
         first = json.loads(work.parity.read_text()).get("first_divergence")
         if first is not None:
             made.append(divergence_chart(first, folder))
-    files = [work.shard_outputs(i) for i in range(len(spec.shard_paths()))] if "verify" in attempted else []
+    files = [work.shard_outputs(i) for i in range(len(spec.shards()))] if "verify" in attempted else []
     files = [f for f in files if f.exists()]
     if files:
         loaded = []
@@ -174,12 +175,13 @@ def register_model(run: Run, spec: ModelSpec, reconstructed: Reconstructed, expo
         run.tags({"registry.version": f"{spec.name}/{current.version}"})
         return
     run.register(spec.name, exported["path"], reconstructed["inputs"], list(spec.source.outputs),
-                 str(spec.shard_paths()[0]),
+                 spec.shards()[0],
                  {"checkpoint.sha256": tags["checkpoint.sha256"], "spec.sha256": tags["spec.sha256"],
                   "verdict": "passed", "ferry.version": ferry.__version__,
                   f"source.{spec.source.format}": str(spec.source.artifact),
                   "mlflow.run_id": run.run_id, "savedmodel.sha256": savedmodel_sha,
-                  "keras.portable": _flag(exported.get("keras", {}).get("portable"))})
+                  "keras.portable": _flag(exported.get("keras", {}).get("portable"))},
+                 data={"format": spec.verify.format, "options": spec.verify.data.model_dump()})
 
 
 

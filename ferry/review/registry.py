@@ -156,9 +156,14 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def example_from_shard(shard: Path, inputs: list[str] | dict[str, Any],
-                       rows: int = EXAMPLE_ROWS) -> dict[str, np.ndarray]:
-    """The first `rows` rows of a verification shard's arrays for `inputs`."""
+def example_from_shard(shard: Path, inputs: list[str] | dict[str, Any], rows: int = EXAMPLE_ROWS,
+                       data: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The first `rows` rows of a verification shard's arrays for `inputs`; `data` ({format, options} of
+    `ferry.data`) reads a shard of another format than `.npz` keyed by serving name."""
+    if data is not None:
+        from ferry.data import peek_with
+
+        return peek_with(data["format"], data["options"], shard, list(inputs), rows)
     with np.load(shard) as data:
         missing = [name for name in inputs if name not in data.files]
         if missing:

@@ -119,10 +119,11 @@ class Run:
         self._write("inputs", datasets=datasets)
 
     def register(self, name: str, savedmodel: str, inputs: dict[str, dict], outputs: list[str], shard: str,
-                 tags: dict[str, str]) -> None:
-        """Log the SavedModel as an MLflow model of this run, register it as `name`, alias `migrated`."""
+                 tags: dict[str, str], data: dict[str, Any] | None = None) -> None:
+        """Log the SavedModel as an MLflow model of this run, register it as `name`, alias `migrated`; its input
+        example is the first rows of `shard`, in the data format `data` ({format, options}; default npz)."""
         self._write("register", name=name, savedmodel=savedmodel, inputs=inputs, outputs=outputs, shard=shard,
-                    tags=tags)
+                    tags=tags, data=data)
 
     def end(self, ok: bool) -> None:
         self._write("end", status="FINISHED" if ok else "FAILED")
@@ -186,7 +187,8 @@ def apply_op(client: MlflowClient, op: dict[str, Any], ids: dict[str, str]) -> s
         from ferry.review.registry import example_from_shard, register_migrated
 
         version = register_migrated(client, run_id, op["name"], Path(op["savedmodel"]), op["inputs"], op["outputs"],
-                                    example_from_shard(Path(op["shard"]), list(op["inputs"])), op["tags"])
+                                    example_from_shard(Path(op["shard"]), list(op["inputs"]), data=op.get("data")),
+                                    op["tags"])
         client.set_tag(run_id, "registry.version", f"{op['name']}/{version.version}")
     elif kind == "end":
         client.set_terminated(run_id, op["status"])
