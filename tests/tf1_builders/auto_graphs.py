@@ -6,7 +6,7 @@ writes `OUT/<name>/` (`model.ckpt.*`, `shards/`, `manifest.json`) for:
 
 - `layers_bn_dropout`: a `tf.compat.v1.layers` CNN with batch norm and dropout behind an `is_training`
   switch (default False), trained 3 Adam steps;
-- `unsupported`: a graph with ops `auto` does not translate (LRN, Cumprod, ResizeBilinear);
+- `unsupported`: a graph with ops `auto` does not translate (ResizeBicubic, Cumprod, ResizeArea);
 - `lstm_adagrad`, `lstm_ftrl`: embedding -> `LSTMCell` in `dynamic_rnn` -> dense head, trained 3 steps by
   `AdagradOptimizer` / `FtrlOptimizer`, whose slots sit under the cell's scope
   (`rnn/lstm_cell/kernel/Adagrad`, `…/Ftrl_1`).
@@ -53,10 +53,10 @@ def unsupported(out: Path, rng: np.random.RandomState) -> None:
     with g.as_default():
         x = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
         h = v1.layers.conv2d(x, 4, 3)
-        h = tf.nn.lrn(h)
+        h = v1.image.resize_bicubic(h, [5, 5])
         h = tf.math.cumprod(h, axis=1)
         h = tf.math.cumprod(h, axis=2)
-        y = tf.identity(tf.image.resize(h, [4, 4]), name="y")
+        y = tf.identity(tf.image.resize(h, [4, 4], method="area"), name="y")
         with v1.Session(graph=g) as sess:
             sess.run(v1.global_variables_initializer())
             shards = [{"images": rng.rand(2, 8, 8, 3).astype(np.float32)} for _ in range(2)]
