@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,12 @@ from conftest import REPO, run_tf1_script
 from mlflow.tracking import MlflowClient
 
 from ferry.cli import main
+from ferry.keras3.run import device_for, load_keras, run_keras
 from ferry.shards import load_shard
 from ferry.spec import load_catalogue, load_spec
 from ferry.stages import WorkDir
 from ferry.tf1.auto import SUPPORTED, UnsupportedGraph
-from ferry.tf1.session import run_tf1
+from ferry.tf1.session import ReferenceUnavailable, run_tf1
 from flows.migrate import migrate_catalogue
 from tasks.export import call_savedmodel
 from tasks.inspect import inspect_graph
@@ -28,7 +30,8 @@ from tasks.verify import verify_shard_records
 ZOO = ["linear", "mlp", "mnist_cnn", "resnet_bn", "text_lstm", "gru_seq", "transformer"]
 SLIM = ["slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2"]
 
-OWN = ["layers_bn_dropout", "unsupported", "lstm_adagrad", "lstm_ftrl"]  # tests/tf1_builders/auto_graphs.py
+# tests/tf1_builders/auto_graphs.py
+OWN = ["layers_bn_dropout", "unsupported", "lstm_adagrad", "lstm_ftrl", "nchw_convnet"]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +98,38 @@ def test_auto_converts_lstms_trained_with_adagrad_and_ftrl(graphs, tmp_path, nam
     for i, shard in enumerate(spec.shard_paths()):
         record = verify_shard_records(spec, info, restored, shard, i)
         assert record["passed"], record
+
+
+@pytest.mark.tf1
+def test_nchw_converts_and_a_cpu_reference_names_the_node_it_cannot_run(graphs, tmp_path):
+    """Conv2D, BiasAdd, FusedBatchNormV3 and pools written NCHW convert (the convs between transposes) and match
+    the NHWC twin's outputs at 1e-5; verifying on CPU, where TF has no NCHW Conv2D kernel, is an error naming
+    the node and what to do, unless a GPU runs the reference."""
+    spec = auto_spec(draft(graphs["nchw_convnet"], tmp_path, "nchw"), tmp_path)
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
+    nodes = {n["name"]: n for n in info["auto"]["architecture"]["graph"]["nodes"]}
+    assert nodes["conv1"]["class"] == "Conv2D" and nodes["conv1.nhwc"]["axes"] == [0, 2, 3, 1]
+    assert nodes["bn1"]["axis"] == 1
+    assert {n.get("data_format") for n in nodes.values() if n.get("class") == "MaxPooling2D"} == {"channels_first"}
+    restored = restore_weights(spec, info, inspected, WorkDir(tmp_path))
+    assert restored["coverage"]["model_weights"] == 1.0
+    model = load_keras(spec, info, restored["weights"])
+    expected = np.load(Path(graphs["nchw_convnet"]).parent / "expected.npz")
+    for shard in spec.shard_paths():
+        got = run_keras(spec, model, load_shard(spec, shard), 8, "/CPU:0")["y"]
+        want = expected[Path(shard).stem]
+        assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if device_for(0).upper().startswith("/GPU"):
+        assert verify_shard_records(spec, info, restored, spec.shard_paths()[0], 0)["passed"]
+        return
+    with pytest.raises(ReferenceUnavailable) as err:
+        verify_shard_records(spec, info, restored, spec.shard_paths()[0], 0)
+    message = str(err.value)  # the first op TF refuses: a conv or a pool
+    assert re.search(r"node (conv\d/Conv2D|max_pooling2d/MaxPool|average_pooling2d/AvgPool) "
+                     r"\((Conv2D|MaxPool|AvgPool), data_format NCHW\) has no kernel for NCHW", message), message
+    assert "Verify on a GPU machine" in message and "re-export the TF1 graph NHWC" in message
 
 
 @pytest.mark.tf1
