@@ -141,9 +141,9 @@ def test_auto_layers_are_idiomatic_and_named_after_tf1_scopes(graphs, tmp_path):
     conv = nodes["resnet_v1.conv1"]
     assert conv["class"] == "Conv2D" and conv["use_bias"] is False and conv["kernel_size"] == [7, 7]
     bn = nodes["resnet_v1.conv1.BatchNorm"]
-    assert bn["class"] == "BatchNormalization" and bn["epsilon"] == pytest.approx(1e-5)
+    assert bn["class"] == "ferry.TF1BatchNormalization" and bn["epsilon"] == pytest.approx(1e-5)
     classes = {n.get("class") for n in nodes.values()}
-    assert {"Conv2D", "BatchNormalization", "MaxPooling2D"} <= classes
+    assert {"Conv2D", "ferry.TF1BatchNormalization", "MaxPooling2D"} <= classes
     rules = {r["from"]: r["to"] for r in info["auto"]["rules"]}
     assert rules["resnet_v1/conv1/weights"] == "resnet_v1.conv1/kernel"
     assert rules["resnet_v1/conv1/BatchNorm/moving_variance"] == "resnet_v1.conv1.BatchNorm/moving_variance"

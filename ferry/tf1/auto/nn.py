@@ -129,7 +129,8 @@ def tensordot(tr: Translator, tensor: tf.Tensor) -> tuple[tf.Operation, tf.Tenso
 
 @handles("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", reads_variables=True)
 def batch_norm(tr: Translator, op: tf.Operation, tensor: tf.Tensor) -> str:
-    """FusedBatchNorm* at inference -> BatchNormalization (epsilon from the op; no gamma/beta allowed)."""
+    """FusedBatchNorm* at inference -> `ferry.TF1BatchNormalization`, Keras' `BatchNormalization` computing
+    inference in the fused kernel's order (epsilon from the op; no gamma/beta allowed; NCHW: axis 1)."""
     if op.get_attr("is_training"):
         raise Unsupported(f"{op.type}(is_training=True)", op.name)
     x, scale, offset, mean, variance = op.inputs[:5]
@@ -148,7 +149,7 @@ def batch_norm(tr: Translator, op: tf.Operation, tensor: tf.Tensor) -> str:
     if data_format not in ("NHWC", "NCHW"):
         raise Unsupported(f"{op.type}({data_format})", op.name)
     axis = {"axis": 1} if data_format == "NCHW" else {}
-    return tr.add(name, [tr.node(x)], **{"class": "BatchNormalization"}, **axis,
+    return tr.add(name, [tr.node(x)], **{"class": "ferry.TF1BatchNormalization"}, **axis,
                   epsilon=float32(op.get_attr("epsilon")), scale=bool(gamma), center=bool(beta))
 
 
