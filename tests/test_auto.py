@@ -79,6 +79,32 @@ def test_auto_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
                 assert out["max_rel_err"] <= 1e-4, out
 
 
+# tf_slim nets built on request only (zoo/slim_nets.py `large`): FERRY_LARGE_NETS=1 converts and verifies them.
+LARGE_SLIM = ["slim_inception_v3", "slim_resnet_v2_50"]
+
+
+@pytest.fixture(scope="module")
+def large_slim(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("large_slim")
+    run_tf1_script(REPO / "zoo" / "slim_nets.py", "--out", str(out), "--only", *LARGE_SLIM)
+    return out
+
+
+@pytest.mark.tf1
+@pytest.mark.skipif(not os.environ.get("FERRY_LARGE_NETS"), reason="large tf_slim nets: set FERRY_LARGE_NETS=1")
+@pytest.mark.parametrize("name", LARGE_SLIM)
+def test_auto_converts_the_large_slim_nets(large_slim, tmp_path, name):
+    spec = auto_spec(draft(large_slim / name / "model.ckpt.meta", tmp_path, name), tmp_path)
+    inspected = inspect_graph(spec, WorkDir(tmp_path))
+    info = reconstruct(spec, inspected)
+    restored = restore_weights(spec, info, inspected, WorkDir(tmp_path))
+    assert restored["coverage"]["model_weights"] == 1.0
+    for i, shard in enumerate(spec.shard_paths()[:2]):
+        record = verify_shard_records(spec, info, restored, shard, i)
+        for out in record["outputs"].values():
+            assert out["passed"] and out["norm_rel_err"] <= 1e-5, out
+
+
 @pytest.mark.tf1
 @pytest.mark.parametrize("name, optimizer", [("lstm_adagrad", "Adagrad"), ("lstm_ftrl", "Ftrl")])
 def test_auto_converts_lstms_trained_with_adagrad_and_ftrl(graphs, tmp_path, name, optimizer):
