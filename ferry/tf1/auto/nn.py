@@ -48,10 +48,8 @@ def linear(tr: Translator, op: tf.Operation, bias: tf.Operation | None, x: tf.Te
         tr.bind(kernel_var, f"{name}/kernel")  # Keras 3 names the depthwise kernel `kernel` too
     if bias_var:
         tr.bind(bias_var, f"{name}/bias")
-    if not nchw:
-        return tr.add(name, [x], **config, use_bias=bool(bias_var))
     out = tr.add(name, [x], **config, use_bias=bool(bias_var))
-    return tr.add(part(tr, name, "nchw"), [out], op="transpose", axes=TO_NCHW)
+    return tr.add(part(tr, name, "nchw"), [out], op="transpose", axes=TO_NCHW) if nchw else out
 
 
 def _conv_config(tr: Translator, op: tf.Operation, name: str, x: str,
