@@ -123,7 +123,6 @@ ODD = {
     "py_func": {"PyFunc(py_func: Python code the graph does not hold)": "double"},
     "random_at_inference": {"RandomUniform(a random op at inference)": "noise/RandomUniform"},
     "while_loop": {"while loop (not a dynamic_rnn with one input and one output)": "loop/Exit"},
-    "conv_explicit_padding": {"Conv2D(padding=EXPLICIT)": "conv"},
 }
 
 

@@ -17,12 +17,14 @@ import ferry  # noqa: F401  (sets TF env defaults before TensorFlow is imported)
 pytestmark = pytest.mark.tf1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "zoo" / "slim_nets.py"
-DEFAULT = ("slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2")
-LARGE = ("slim_vgg_a", "slim_overfeat", "slim_resnet_v1_50")
+DEFAULT = ("slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2", "slim_inception_v2")
+LARGE = ("slim_vgg_a", "slim_overfeat", "slim_resnet_v1_50", "slim_inception_v3", "slim_resnet_v1_101",
+         "slim_resnet_v2_50")
 INPUT_SIZE = {"slim_resnet_v1": 64, "slim_resnet_v2": 64, "slim_inception_v1": 224,
-              "slim_alexnet_v2": 224}
+              "slim_alexnet_v2": 224, "slim_inception_v2": 96}
 # Epsilon of every FusedBatchNorm op, as each net's own arg scope sets it (float32 in the attr).
-EPSILON = {"slim_resnet_v1": 1e-5, "slim_resnet_v2": 1e-5, "slim_inception_v1": 1e-3}
+EPSILON = {"slim_resnet_v1": 1e-5, "slim_resnet_v2": 1e-5, "slim_inception_v1": 1e-3, "slim_inception_v2": 1e-3}
+NO_GAMMA = ("slim_inception_v1", "slim_inception_v2")  # their arg scopes keep slim.batch_norm's scale=False
 # Op types on the paths from `images` to `probs` (dropout with is_training=False is an Identity).
 RESNET_OPS = {"Placeholder", "Pad", "Conv2D", "FusedBatchNormV3", "Relu", "MaxPool", "AddV2",
               "Mean", "BiasAdd", "Squeeze", "Softmax"}
@@ -33,12 +35,17 @@ PATH_OPS = {
                           "ConcatV2", "AvgPool", "Identity", "BiasAdd", "Squeeze", "Softmax"},
     "slim_alexnet_v2": {"Placeholder", "Conv2D", "BiasAdd", "Relu", "MaxPool", "Identity",
                         "Squeeze", "Softmax"},
+    # the first conv is separable: depthwise (x5 at a quarter depth) + pointwise with a bias, no BN
+    "slim_inception_v2": {"Placeholder", "DepthwiseConv2dNative", "Conv2D", "BiasAdd", "FusedBatchNormV3", "Relu",
+                          "MaxPool", "AvgPool", "ConcatV2", "Identity", "Squeeze", "Softmax"},
 }
 PATH_COUNTS = {  # op type -> how many on the path
     "slim_resnet_v1": {"Conv2D": 15, "FusedBatchNormV3": 14, "AddV2": 4, "Pad": 2, "MaxPool": 2},
     "slim_resnet_v2": {"Conv2D": 15, "FusedBatchNormV3": 13, "AddV2": 4, "Pad": 2, "MaxPool": 2},
     "slim_inception_v1": {"Conv2D": 58, "FusedBatchNormV3": 57, "ConcatV2": 9, "MaxPool": 13},
     "slim_alexnet_v2": {"Conv2D": 8, "MaxPool": 3},
+    "slim_inception_v2": {"Conv2D": 70, "DepthwiseConv2dNative": 1, "FusedBatchNormV3": 68, "ConcatV2": 10,
+                          "AvgPool": 8, "MaxPool": 5},
 }
 # Checkpoint keys each net must have (besides global_step): slim's own naming.
 KEYS = {
@@ -66,6 +73,13 @@ KEYS = {
         "InceptionV1/Mixed_3b/Branch_1/Conv2d_0b_3x3/weights": [3, 3, 96, 128],
         "InceptionV1/Mixed_5c/Branch_3/Conv2d_0b_1x1/BatchNorm/moving_mean": [128],
         "InceptionV1/Logits/Conv2d_0c_1x1/weights": [1, 1, 1024, 10],
+    },
+    "slim_inception_v2": {
+        "InceptionV2/Conv2d_1a_7x7/depthwise_weights": [7, 7, 3, 5],
+        "InceptionV2/Conv2d_1a_7x7/pointwise_weights": [1, 1, 15, 16],
+        "InceptionV2/Conv2d_1a_7x7/biases": [16],
+        "InceptionV2/Mixed_5c/Branch_1/Conv2d_0a_1x1/BatchNorm/moving_mean": [48],
+        "InceptionV2/Logits/Conv2d_1c_1x1/weights": [1, 1, 256, 10],
     },
     "slim_alexnet_v2": {
         "alexnet_v2/conv1/weights": [11, 11, 3, 64],
@@ -215,7 +229,7 @@ def test_batch_norm_ops_carry_the_arg_scope_epsilon(slim_zoo, name):
     assert {op.get_attr("data_format") for op in bn} == {b"NHWC"}
     # inception_v1_arg_scope keeps slim.batch_norm's scale=False: no gamma, a constant 1 instead
     scale_types = {op.inputs[1].op.type for op in bn}
-    assert scale_types == ({"Const"} if name == "slim_inception_v1" else {"Identity"})
+    assert scale_types == ({"Const"} if name in NO_GAMMA else {"Identity"})
 
 
 @pytest.mark.parametrize("name", DEFAULT)
@@ -230,7 +244,7 @@ def test_checkpoint_keys_and_non_trivial_batch_norm(slim_zoo, name):
         assert not any(by_kind.values())
         return
     assert len(by_kind["moving_mean"]) == len(by_kind["moving_variance"]) == len(by_kind["beta"])
-    assert len(by_kind["gamma"]) == (0 if name == "slim_inception_v1" else len(by_kind["beta"]))
+    assert len(by_kind["gamma"]) == (0 if name in NO_GAMMA else len(by_kind["beta"]))
     for key in by_kind["moving_mean"]:
         assert np.abs(reader.get_tensor(key)).max() > 1e-3, key
     for key in by_kind["moving_variance"]:

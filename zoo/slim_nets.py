@@ -92,7 +92,7 @@ def apply_tf_slim_shims() -> list[str]:
 SHIMS = apply_tf_slim_shims()
 
 import tf_slim as slim  # noqa: E402
-from tf_slim.nets import alexnet, inception_v1, overfeat, resnet_v1, resnet_v2, vgg  # noqa: E402
+from tf_slim.nets import alexnet, inception_v1, inception_v2, inception_v3, overfeat, resnet_v1, resnet_v2, vgg  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build import build_atomically, run_cli  # noqa: E402  (zoo/build.py: atomic folder swap, command line)
@@ -167,6 +167,41 @@ def _overfeat(images: tf.Tensor) -> tf.Tensor:
     return logits
 
 
+def _inception_v2(images: tf.Tensor) -> tf.Tensor:
+    """inception_v2 at a quarter of its depth (``depth_multiplier=0.25``; ``min_depth`` 16): the first conv is
+    a separable conv (depthwise x8 + pointwise), then BN-Inception's mixed blocks. Small inputs shrink the
+    head's average pool (``_reduced_kernel_size_for_small_input``)."""
+    with slim.arg_scope(inception_v2.inception_v2_arg_scope()):
+        logits, _ = inception_v2.inception_v2(images, num_classes=NUM_CLASSES, is_training=False,
+                                              depth_multiplier=0.25)
+    return logits
+
+
+def _inception_v3(images: tf.Tensor) -> tf.Tensor:
+    """inception_v3 at a quarter of its depth: factorised 1x7 / 7x1 convs, VALID stem convs, the last grid's
+    parallel 1x3 / 3x1 branches. No aux logits: their 5x5 VALID pool needs inputs of 107 pixels or more."""
+    with slim.arg_scope(inception_v3.inception_v3_arg_scope()):
+        logits, _ = inception_v3.inception_v3(images, num_classes=NUM_CLASSES, is_training=False,
+                                              depth_multiplier=0.25, create_aux_logits=False)
+    return logits
+
+
+def _resnet_v1_101(images: tf.Tensor) -> tf.Tensor:
+    """The full resnet_v1_101 (10 classes): 33 bottleneck units."""
+    with slim.arg_scope(resnet_v1.resnet_arg_scope()):
+        logits, _ = resnet_v1.resnet_v1_101(images, num_classes=NUM_CLASSES, is_training=False,
+                                            global_pool=True)
+    return logits
+
+
+def _resnet_v2_50(images: tf.Tensor) -> tf.Tensor:
+    """The full resnet_v2_50 (10 classes): pre-activation units, ``postnorm`` before the pool."""
+    with slim.arg_scope(resnet_v2.resnet_arg_scope()):
+        logits, _ = resnet_v2.resnet_v2_50(images, num_classes=NUM_CLASSES, is_training=False,
+                                           global_pool=True)
+    return logits
+
+
 def _resnet_v1_50(images: tf.Tensor) -> tf.Tensor:
     """The full resnet_v1_50, 1000 classes, as published (a benchmark-sized model)."""
     with slim.arg_scope(resnet_v1.resnet_arg_scope()):
@@ -187,6 +222,11 @@ MODELS: dict[str, Net] = {
     "slim_vgg_a": Net(_vgg_a, input_size=224, large=True),
     "slim_overfeat": Net(_overfeat, input_size=231, large=True),
     "slim_resnet_v1_50": Net(_resnet_v1_50, input_size=224, large=True),
+    "slim_inception_v2": Net(_inception_v2, input_size=96),
+    "slim_inception_v3": Net(_inception_v3, input_size=128, large=True),  # 94 BN layers: ~30 s to build
+    # The full depth at a small input: ~42.5 M / ~23.5 M parameters (170 / 94 MB checkpoints).
+    "slim_resnet_v1_101": Net(_resnet_v1_101, input_size=64, large=True),
+    "slim_resnet_v2_50": Net(_resnet_v2_50, input_size=64, large=True),
 }
 DEFAULT = [name for name, net in MODELS.items() if not net.large]
 

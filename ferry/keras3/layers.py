@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 
 
 @keras.saving.register_keras_serializable(package="ferry")
@@ -169,7 +170,8 @@ def _lstm_options(cell: TF1LSTMCell) -> dict[str, Any]:
 # ferry's layers that are written with `keras.ops` only, so they run on every Keras backend (TensorFlow,
 # JAX, PyTorch). A layer calling one backend's API (a raw-TF fallback, say) stays out of this set: a
 # model using it is exported, but flagged as not portable.
-PORTABLE_LAYERS: frozenset[type[keras.layers.Layer]] = frozenset({Weight, Pick, MaskedRNN, TF1LSTMCell, TF1LSTM})
+PORTABLE_LAYERS: frozenset[type[keras.layers.Layer]] = frozenset(
+    {Weight, Pick, MaskedRNN, TF1LSTMCell, TF1LSTM})
 
 
 def portability(model: keras.Model) -> dict[str, Any]:
@@ -193,3 +195,128 @@ def _is_keras(cls: type) -> bool:
 
 def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@keras.saving.register_keras_serializable(package="ferry")
+class TF1Resize(keras.layers.Layer):
+    """TF1's `ResizeBilinear` / `ResizeNearestNeighbor` (NHWC) in every mode: `align_corners`,
+    `half_pixel_centers`, or neither (TF1's legacy default, which Keras' `Resizing` cannot give).
+
+    The source rows and columns and the interpolation weights are computed once from the static input size,
+    in float32 as TF's kernels compute them; `call` gathers and interpolates them (`keras.ops` only).
+    Bilinear returns float32, as TF1 does; nearest keeps the input's dtype."""
+
+    def __init__(self, size: list[int], interpolation: str = "bilinear", align_corners: bool = False,
+                 half_pixel_centers: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"TF1Resize: interpolation {interpolation!r} is not 'bilinear' or 'nearest'")
+        self.size, self.interpolation = [int(n) for n in size], interpolation
+        self.align_corners, self.half_pixel_centers = align_corners, half_pixel_centers
+
+    def build(self, input_shape):
+        if None in input_shape[1:3]:
+            raise ValueError(f"TF1Resize {self.name}: the input's height and width must be static, got {input_shape}")
+        self.axes = [self._axis(int(n), out) for n, out in zip(input_shape[1:3], self.size)]
+
+    def _axis(self, size: int, out: int) -> tuple[np.ndarray, ...]:
+        """Source indices (and, bilinear, upper indices and weights) along one axis of `size` -> `out`."""
+        f32 = np.float32
+        scale = f32(size - 1) / f32(out - 1) if self.align_corners and out > 1 else f32(size) / f32(out)
+        i = np.arange(out, dtype=f32)
+        if self.interpolation == "nearest":
+            src = (i + f32(0.5)) * scale if self.half_pixel_centers else i * scale
+            index = np.sign(src) * np.floor(np.abs(src) + f32(0.5)) if self.align_corners else np.floor(src)
+            index = np.minimum(index.astype(np.int64), size - 1)
+            return (np.maximum(index, 0).astype("int32"),)
+        src = (i + f32(0.5)) * scale - f32(0.5) if self.half_pixel_centers else i * scale
+        low = np.floor(src)
+        lerp = (src - low).astype(f32)
+        lower = np.maximum(low.astype(np.int64), 0).astype("int32")
+        upper = np.minimum(np.ceil(src).astype(np.int64), size - 1).astype("int32")
+        return lower, upper, lerp
+
+    def call(self, x):
+        ops = keras.ops
+        (rows, *row_rest), (cols, *col_rest) = self.axes
+        if self.interpolation == "nearest":
+            return ops.take(ops.take(x, rows, axis=1), cols, axis=2)
+        x = ops.cast(x, "float32")
+        [bottom_rows, y_lerp], [right, x_lerp] = row_rest, col_rest
+        y_lerp = ops.reshape(ops.convert_to_tensor(y_lerp), (1, -1, 1, 1))
+        x_lerp = ops.reshape(ops.convert_to_tensor(x_lerp), (1, 1, -1, 1))
+
+        def across(row_values):  # TF's order: left + (right - left) * x_lerp
+            left_values = ops.take(row_values, cols, axis=2)
+            return left_values + (ops.take(row_values, right, axis=2) - left_values) * x_lerp
+
+        top, bottom = across(ops.take(x, rows, axis=1)), across(ops.take(x, bottom_rows, axis=1))
+        return top + (bottom - top) * y_lerp
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.size, input_shape[3])
+
+    def compute_output_spec(self, x):
+        dtype = "float32" if self.interpolation == "bilinear" else x.dtype
+        return keras.KerasTensor(self.compute_output_shape(x.shape), dtype=dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "interpolation": self.interpolation,
+                "align_corners": self.align_corners, "half_pixel_centers": self.half_pixel_centers}
+
+
+@keras.saving.register_keras_serializable(package="ferry")
+class LocalResponseNormalization(keras.layers.Layer):
+    """TF1's `tf.nn.local_response_normalization` (`LRN`) over the last axis:
+    `x / (bias + alpha * sum(x[..., c - r : c + r + 1] ** 2)) ** beta` (`keras.ops` only)."""
+
+    def __init__(self, depth_radius: int = 5, bias: float = 1.0, alpha: float = 1.0, beta: float = 0.5,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.depth_radius, self.bias, self.alpha, self.beta = int(depth_radius), bias, alpha, beta
+
+    def call(self, x):
+        ops = keras.ops
+        squares = ops.square(x)
+        channels = x.shape[-1]
+        r = self.depth_radius
+        padded = ops.pad(squares, [[0, 0]] * (len(x.shape) - 1) + [[r, r]])
+        window = padded[..., 0:channels]
+        for k in range(1, 2 * r + 1):
+            window = window + padded[..., k:k + channels]
+        return x * ops.power(self.bias + self.alpha * window, -self.beta)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "depth_radius": self.depth_radius, "bias": self.bias,
+                "alpha": self.alpha, "beta": self.beta}
+
+
+
+@keras.saving.register_keras_serializable(package="ferry")
+class TF1BatchNormalization(keras.layers.BatchNormalization):
+    """Keras' `BatchNormalization` (same arguments, weights and training) whose inference computes what TF1's
+    `FusedBatchNorm*` kernel does, in its order: `(x - moving_mean) * (rsqrt(moving_variance + epsilon) * gamma)
+    + beta`. Keras computes `x * inv + (beta - moving_mean * inv)`, which rounds differently (it cancels where x
+    is near the mean): about 1e-7 per layer, which a hundred layers grow past 1e-5 (tf_slim's resnet_v1_101 and
+    inception_v3); this order matches TF1 bit for bit there."""
+
+    def call(self, inputs, training=None, mask=None):
+        if training and self.trainable:
+            return super().call(inputs, training=training, mask=mask)
+        ops = keras.ops
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        shape = [1] * len(x.shape)
+        shape[self.axis] = x.shape[self.axis]
+        factor = ops.rsqrt(ops.cast(self.moving_variance, x.dtype) + self.epsilon)
+        if self.scale:
+            factor = factor * ops.cast(self.gamma, x.dtype)
+        outputs = (x - ops.reshape(ops.cast(self.moving_mean, x.dtype), shape)) * ops.reshape(factor, shape)
+        if self.center:
+            outputs = outputs + ops.reshape(ops.cast(self.beta, x.dtype), shape)
+        return ops.cast(outputs, self.compute_dtype)
+
+
+PORTABLE_LAYERS = PORTABLE_LAYERS | {TF1Resize, LocalResponseNormalization, TF1BatchNormalization}

@@ -3,6 +3,7 @@ model must reproduce. One per model process and device (memoised), shared by eve
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -16,13 +17,43 @@ from ferry.tf1.formats import READERS
 from ferry.tf1.load import IMPORTS
 
 
+class ReferenceUnavailable(RuntimeError):
+    """The TF1 graph has an op TensorFlow has no kernel for on this device (NCHW convolutions on CPU)."""
+
+
+_NODE = re.compile(r"\{\{node ([^}]+)\}\}")
+
+
+def unsupported_layout(graph: tf.Graph, exc: tf.errors.OpError) -> str | None:
+    """What to tell the user when `exc` is TensorFlow refusing a channels-first (NCHW) op on this device: the
+    node, its op type, and how to verify it; None for any other error."""
+    names = [exc.op.name] if getattr(exc, "op", None) is not None else []
+    names += _NODE.findall(exc.message)
+    for name in names:
+        try:
+            op = graph.get_operation_by_name(name)
+        except KeyError:
+            continue
+        try:
+            layout = op.get_attr("data_format").decode()
+        except ValueError:
+            continue
+        if layout.startswith("NC"):
+            lines = [line.strip() for line in exc.message.splitlines()]
+            reason = next((line for line in lines if "NHWC" in line or "NCHW" in line), lines[0])
+            return (f"node {op.name} ({op.type}, data_format {layout}) has no kernel for {layout} there "
+                    f"({reason[:200]}). Verify on a GPU machine (`verify` places shards on the GPUs "
+                    "it finds), or re-export the TF1 graph NHWC (data_format='NHWC' / 'channels_last').")
+    return None
+
+
 class Reference:
     """The spec's original artifact, loaded (pinned to `device`) and restored once by its own means (its
     Saver, the SavedModel loader); `run` feeds it batches. Any tensor may be fed: an Estimator's model is
     cut at its `IteratorGetNext`."""
 
     def __init__(self, spec: ModelSpec, device: str):
-        self.spec = spec
+        self.spec, self.device = spec, device
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         IMPORTS[str(spec.source.artifact.resolve())] += 1
@@ -42,7 +73,14 @@ class Reference:
 
     def run_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph's outputs on one batch."""
-        return self.session.run(self.fetches, {self.feeds[k]: v for k, v in batch.items()})
+        try:
+            return self.session.run(self.fetches, {self.feeds[k]: v for k, v in batch.items()})
+        except tf.errors.OpError as exc:
+            layout = unsupported_layout(self.graph, exc)
+            if layout is None:
+                raise
+            raise ReferenceUnavailable(f"{self.spec.spec_file}: the TF1 reference cannot run on {self.device}: "
+                                       f"{layout}") from exc
 
     def run_tensors(self, batch: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray | str]:
         """Any tensors of the graph on one batch, by name; a tensor that cannot be fetched (on a branch not

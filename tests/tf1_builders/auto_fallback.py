@@ -8,7 +8,7 @@ shift and axis), `Betainc` (a constant, a variable and a tensor), `BroadcastTo` 
 `Qr` (two outputs, both read), a `Cast` to float64 and `Atan2` on float64; and `OUT/odd/<case>/`
 (`model.meta`, `manifest.json`) for graphs `auto` refuses, each naming a node: a reshape to a shape fed at run
 time into a placeholder of unknown rank, a `cond` on a fed predicate, a queue's dequeue, a `py_func`, a
-`RandomUniform` in the inference path, a `Conv2D` with explicit padding.
+`RandomUniform` in the inference path, a `tf.while_loop` that is no RNN.
 """
 
 from __future__ import annotations
@@ -94,13 +94,6 @@ def odd_graphs() -> dict[str, tuple[tf.Graph, dict[str, str], dict[str, str]]]:
         x = v1.placeholder(tf.float32, [None, 6], name="x")
         _, y = tf.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, h * 2.0), [tf.constant(0), x], name="loop")
         return {"x": x}, {"y": tf.identity(y, name="y")}
-
-    @case("conv_explicit_padding")
-    def _():
-        x = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
-        kernel = tf.constant(np.ones([3, 3, 3, 4], np.float32))
-        y = tf.nn.conv2d(x, kernel, [1, 1, 1, 1], [[0, 0], [1, 1], [1, 1], [0, 0]], name="conv")
-        return {"images": x}, {"y": tf.identity(y, name="y")}
 
     return cases
 

@@ -36,7 +36,7 @@ DimValue = int | Dim
 
 def shape_value(tr: Translator, tensor: tf.Tensor) -> DimValue | list[DimValue]:
     """The value of an int scalar or vector computed from shapes: constants, `Shape`, and `Cast`, `Pack`,
-    `ConcatV2`, `StridedSlice`, `Slice` of those. Unsupported for anything else."""
+    `ConcatV2`, `StridedSlice`, `Slice` of those, `Mul` of static ones. Unsupported for anything else."""
     value = tr.static(tensor)
     if value is not None:
         return np.asarray(value).tolist()
@@ -53,6 +53,10 @@ def shape_value(tr: Translator, tensor: tf.Tensor) -> DimValue | list[DimValue]:
         return [d for part in op.inputs[:-1] for d in dims_value(tr, part)]
     if op.type in ("StridedSlice", "Slice") and op.inputs[0].shape.rank == 1:
         return _slice_vector(tr, op, dims_value(tr, op.inputs[0]))
+    if op.type == "Mul":  # static dims scaled (an upsampling's `tf.shape(x)[1:3] * 2`)
+        a, b = (np.asarray(shape_value(tr, t), dtype=object) for t in op.inputs)
+        if all(isinstance(v, int) for v in [*a.ravel(), *b.ravel()]):
+            return (a * b).tolist()
     raise Unsupported(f"{op.type}(run-time shape)", op.name)
 
 
