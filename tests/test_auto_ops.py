@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO, run_tf1_script
 
-from ferry.shards import load_shard
 from ferry.spec import ModelSpec
 from ferry.stages import WorkDir
 from ferry.tf1.auto import FOLDED, FUSIONS, HANDLERS, REGISTERED, SUPPORTED, handles, translate, unsupported_ops
 from ferry.tf1.auto.registry import Handler
 from ferry.tf1.inventory import SHAPE_TYPES
 from ferry.tf1.load import load_graph
-from ferry.tf1.session import run_tf1
 from tasks.export import export_savedmodel
 from tasks.inspect import inspect_graph
 from tasks.reconstruct import reconstruct
@@ -181,7 +175,7 @@ def test_a_new_op_is_one_decorated_function():
 def test_vision_layers_export_to_keras_and_match_tf1_on_jax(cases, tmp_path):
     """`ferry.TF1Resize` and `ferry.LocalResponseNormalization` are portable: the `.keras` file reloads with
     Keras alone on JAX and matches the TF1 ops at 1e-5."""
-    from test_auto_rnn import LOAD_KERAS
+    from test_export import LOAD_KERAS, keras_job, reference_npz, run_python
 
     jobs = []
     for case in ("auto_ops_vision/resize", "auto_ops_vision/lrn", "auto_ops_vision/encoder_decoder"):
@@ -197,16 +191,8 @@ def test_vision_layers_export_to_keras_and_match_tf1_on_jax(cases, tmp_path):
         assert record["portable"] and all(out["passed"] for out in record["outputs"].values()), record
         assert set(record["custom_layers"]) & {"ferry.keras3.layers.TF1Resize",
                                                "ferry.keras3.layers.LocalResponseNormalization"}
-        arrays = load_shard(spec, spec.shard_paths()[0])
-        npz = work / "io.npz"
-        np.savez(npz, **{f"in.{k}": arrays[k] for k in spec.source.inputs},
-                 **{f"out.{k}": v for k, v in run_tf1(spec, arrays, spec.verify.batch_size, "/CPU:0").items()})
-        jobs.append({"keras": record["path"], "npz": str(npz)})
-    done = subprocess.run([sys.executable, "-c", LOAD_KERAS, json.dumps(jobs)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax",
-                                                          "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert done.returncode == 0, done.stderr[-4000:]
-    loaded = json.loads(done.stdout.strip().splitlines()[-1])
-    assert loaded["backend"] == "jax" and not loaded["tensorflow"]
-    failed = {path: out for path, outs in loaded["errors"].items() for out in outs.values() if not out[1]}
-    assert not failed, loaded["errors"]
+        jobs.append(keras_job(spec, {"keras": record}, reference_npz(spec, work / "io.npz")))
+    loaded = run_python(LOAD_KERAS, json.dumps(jobs), cwd=tmp_path, KERAS_BACKEND="jax")
+    assert loaded["backend"] == "jax" and "tensorflow" not in loaded["imported"]
+    failed = {job["name"]: out for job in jobs for out in loaded["results"][job["name"]].values() if not out["passed"]}
+    assert not failed, loaded["results"]

@@ -8,12 +8,8 @@ layers exports to `.keras`, which reloads with `import ferry.keras3.layers` and 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import REPO, run_tf1_script
 
@@ -23,7 +19,6 @@ from ferry.spec import ModelSpec, load_spec
 from ferry.stages import WorkDir
 from ferry.tf1.auto import UnsupportedGraph, translate
 from ferry.tf1.load import load_graph
-from ferry.tf1.session import run_tf1
 from flows.migrate import migrate_catalogue
 from tasks.export import export_savedmodel
 from tasks.inspect import inspect_graph
@@ -164,31 +159,10 @@ def test_drafted_rnn_specs_migrate_with_the_flow(graphs, tmp_path, monkeypatch, 
     assert all(r["status"] == "passed" and r["coverage"] == 1.0 for r in rows), rows
 
 
-# Loads `.keras` files with Keras alone (the backend of KERAS_BACKEND), ferry's layers imported, and compares
-# them with the TF1 outputs. argv[1]: JSON list of {"keras", "npz"}; prints {file: max abs error per output}.
-LOAD_KERAS = """
-import json, sys
-import numpy as np
-import keras
-import ferry.keras3.layers  # noqa: F401  (ferry's layers, registered)
-
-errors = {}
-for job in json.loads(sys.argv[1]):
-    model = keras.saving.load_model(job["keras"])
-    with np.load(job["npz"]) as data:
-        inputs = [data[k] for k in data.files if k.startswith("in.")]
-        want = {k[4:]: data[k] for k in data.files if k.startswith("out.")}
-    got = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
-    got = dict(zip(want, got if isinstance(got, list) else [got]))
-    errors[job["keras"]] = {k: [float(np.abs(got[k] - want[k]).max()), bool(np.allclose(got[k], want[k], 1e-5, 1e-5))]
-                            for k in want}
-print(json.dumps({"backend": keras.backend.backend(), "errors": errors,
-                  "tensorflow": "tensorflow" in sys.modules}))
-"""
-
-
 @pytest.mark.tf1
 def test_keras_export_of_ferry_rnn_layers_reloads_and_matches_on_jax(graphs, tmp_path):
+    from test_export import LOAD_KERAS, keras_job, reference_npz, run_python
+
     jobs = []
     for name in ("bidirectional", "peephole_projection", "block_cells"):
         spec = auto_spec(graphs / name, tmp_path)
@@ -199,20 +173,11 @@ def test_keras_export_of_ferry_rnn_layers_reloads_and_matches_on_jax(graphs, tmp
         keras_record = exported["keras"]
         assert keras_record["portable"] and all(out["passed"] for out in keras_record["outputs"].values())
         assert set(keras_record["custom_layers"]) >= {"ferry.keras3.layers.Pick"}
-        arrays = load_shard(spec, spec.shard_paths()[0])
-        npz = tmp_path / f"{name}.npz"
-        np.savez(npz, **{f"in.{k}": arrays[k] for k in spec.source.inputs},
-                 **{f"out.{k}": v for k, v in run_tf1(spec, arrays, spec.verify.batch_size, "/CPU:0").items()})
-        jobs.append({"keras": keras_record["path"], "npz": str(npz)})
-    done = subprocess.run([sys.executable, "-c", LOAD_KERAS, json.dumps(jobs)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax",
-                                                          "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert done.returncode == 0, done.stderr[-4000:]
-    loaded = json.loads(done.stdout.strip().splitlines()[-1])
-    assert loaded["backend"] == "jax" and not loaded["tensorflow"]
-    failed = {path: out for path, outs in loaded["errors"].items() for out in outs.values() if not out[1]}
-    assert not failed, loaded["errors"]
-    print(loaded["errors"])
+        jobs.append(keras_job(spec, exported, reference_npz(spec, tmp_path / f"{name}.npz")))
+    loaded = run_python(LOAD_KERAS, json.dumps(jobs), cwd=tmp_path, KERAS_BACKEND="jax")
+    assert loaded["backend"] == "jax" and "tensorflow" not in loaded["imported"]
+    failed = {job["name"]: out for job in jobs for out in loaded["results"][job["name"]].values() if not out["passed"]}
+    assert not failed, loaded["results"]
 
 
 @pytest.mark.tf1
