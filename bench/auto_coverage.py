@@ -3,9 +3,11 @@
     python bench/auto_coverage.py [--large] [--work DIR]
 
 Builds, each in its own process: every tf_slim net zoo/slim_nets.py builds by default (`--large`: VGG,
-OverFeat, ResNet-50 too), google BERT's `modeling.py` (tests/tf1_builders/bert_tiny.py), five RNN models of
-tests/tf1_builders/rnn_graphs.py and the fallback model of tests/tf1_builders/auto_fallback.py (ops with no
-translation, run as `ferry.RawOp`). Then per model, each route once in a fresh process of its own:
+OverFeat, ResNet-50, inception_v3, resnet_v2_50 too), google BERT's `modeling.py`
+(tests/tf1_builders/bert_tiny.py), five RNN models of tests/tf1_builders/rnn_graphs.py, five vision models of
+tests/tf1_builders/auto_ops_vision.py (a tf.layers encoder-decoder, conv2d_transpose, every resize mode, LRN,
+conv3d) and the fallback model of tests/tf1_builders/auto_fallback.py (ops with no translation, run as
+`ferry.RawOp`). Then per model, each route once in a fresh process of its own:
 
   ferry   reconstruct + restore + export (inspect timed apart), with bench/auto_resnet50.py's `ferry_route`;
           converted: every stage done and the SavedModel within the default tolerance of the TF1 graph on
@@ -40,9 +42,11 @@ from ferry.shards import load_shard  # noqa: E402
 from ferry.spec import load_spec  # noqa: E402
 from ferry.stages import WorkDir  # noqa: E402
 
-SLIM = ["slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2"]  # zoo/slim_nets.py's DEFAULT
-SLIM_LARGE = ["slim_vgg_a", "slim_overfeat", "slim_resnet_v1_50"]
+SLIM = ["slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2",
+        "slim_inception_v2"]  # zoo/slim_nets.py's DEFAULT
+SLIM_LARGE = ["slim_vgg_a", "slim_overfeat", "slim_resnet_v1_50", "slim_inception_v3", "slim_resnet_v2_50"]
 RNN = ["final_state", "stacked_lengths", "bidirectional", "block_cells", "static_rnn"]  # of rnn_graphs.py
+VISION = ["encoder_decoder", "conv_transpose", "resize", "lrn", "conv3d"]  # of auto_ops_vision.py
 BUILDERS = REPO / "tests" / "tf1_builders"
 
 
@@ -54,12 +58,14 @@ def build(work: Path, large: bool) -> dict[str, Path]:
     steps = [(["zoo/slim_nets.py", "--out", str(work / "slim"), "--only", *slim], work / "slim" / slim[-1]),
              ([str(BUILDERS / "bert_tiny.py"), str(work / "bert")], work / "bert" / "bert_tiny"),
              ([str(BUILDERS / "rnn_graphs.py"), str(work / "rnn")], work / "rnn" / RNN[0]),
+             ([str(BUILDERS / "auto_ops_vision.py"), str(work / "vision")], work / "vision" / VISION[0]),
              ([str(BUILDERS / "auto_fallback.py"), str(work / "fallback")], work / "fallback" / "fallback")]
     for args, done in steps:
         if not (done / "manifest.json").exists():
             subprocess.run([sys.executable, *args], cwd=REPO, env=env, check=True, capture_output=True)
     return {**{name: work / "slim" / name for name in slim}, "bert_tiny": work / "bert" / "bert_tiny",
-            **{f"rnn_{name}": work / "rnn" / name for name in RNN}, "fallback": work / "fallback" / "fallback"}
+            **{f"rnn_{name}": work / "rnn" / name for name in RNN},
+            **{f"vision_{name}": work / "vision" / name for name in VISION}, "fallback": work / "fallback" / "fallback"}
 
 
 def spec_for(name: str, folder: Path, work: Path):
