@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ferry.shards import ShardError, shard_problem, stream_npz
+from ferry.shards import ShardError, npy_header, shard_problem, stream_npz
 
 if TYPE_CHECKING:  # ferry.spec imports this module
     from ferry.spec import ModelSpec
@@ -189,10 +189,7 @@ class Npy(DataFormat):
                 return f"{file.name} has no {path.name} for input {name!r}"
             try:
                 with open(path, "rb") as f:
-                    version = np.lib.format.read_magic(f)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                        np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read(f)
+                    shape, _, dtype = npy_header(f)
             except (ValueError, OSError, EOFError) as exc:
                 return f"{label} is not a readable .npy file ({type(exc).__name__}: {exc})"
             if dtype.hasobject:

@@ -23,6 +23,15 @@ class ShardError(ValueError):
     """A shard that cannot feed the model; the message names the shard and what is wrong."""
 
 
+def npy_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from the header of a `.npy` file or archive member, leaving `stream` at its
+    data."""
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(stream)
+    return tuple(shape), fortran, dtype
+
+
 def array_headers(shard: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Name -> (shape, dtype) of every array in an `.npz`, read from the headers only."""
     try:
@@ -32,11 +41,8 @@ def array_headers(shard: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                 if not member.endswith(".npy"):
                     continue
                 with archive.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                        np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read(f)
-                headers[member.removesuffix(".npy")] = (tuple(shape), dtype)
+                    shape, _, dtype = npy_header(f)
+                headers[member.removesuffix(".npy")] = (shape, dtype)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ShardError(f"{Path(shard).name} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
     return headers
@@ -67,15 +73,6 @@ def shard_problem(shard: Path, inputs: list[str], keys: dict[str, str] | None = 
     if not next(iter(rows.values())):
         return f"{shard.name} holds no rows (its arrays are empty)"
     return None
-
-
-def read_shard(shard: Path, inputs: list[str], where: str) -> dict[str, np.ndarray]:
-    """The shard's arrays for `inputs`; `where` (spec file and field) prefixes any error."""
-    problem = shard_problem(Path(shard), inputs)
-    if problem:
-        raise ShardError(f"{where}: {problem}")
-    with np.load(shard, allow_pickle=False) as data:
-        return {name: data[name] for name in inputs}
 
 
 def load_shard(spec: ModelSpec, shard: str | Path) -> dict[str, np.ndarray]:
@@ -112,9 +109,7 @@ class _RowReader:
 
     def __init__(self, stream):
         self.stream = stream
-        version = np.lib.format.read_magic(stream)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, self.dtype = read(stream)
+        shape, fortran, self.dtype = npy_header(stream)
         self.rows, self.row_shape = shape[0], tuple(shape[1:])
         self.whole = np.frombuffer(stream.read(), self.dtype).reshape(shape, order="F") if fortran else None
         self.offset = 0
