@@ -11,15 +11,17 @@ A shard is the unit of caching and parallelism: a file (or, for `.npy` with seve
 shard batch by batch, so memory stays that of one batch however large or many the shards are.
 
 This module imports no TensorFlow: the flow process checks and peeks at shards with numpy and plain
-Python (a TFRecord file's framing and `tf.Example` protos are read by hand), and only the model's process
-parses records, with `tf.io.parse_example`. Images are read with PIL on both sides.
+Python (a TFRecord file's framing and `tf.Example` protos are read by hand, GZIP through `gzip`), and only the
+model's process parses records, with `tf.io.parse_example`. Images are read with PIL on both sides.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -82,9 +84,10 @@ def shard_file(shard: str | Path) -> Path:
 
 
 def shard_stem(shard: str | Path) -> str:
-    """A shard's short name: the file's stem, with its record range (`data-000-32`)."""
+    """A shard's short name: the file's stem (of `x.tfrecord.gz`: `x`), with its record range (`data-000-32`)."""
     file, start, stop = split_ref(shard)
-    return file.stem if start is None else f"{file.stem}-{start}-{stop}"
+    stem = Path(file.stem).stem if file.suffix == ".gz" else file.stem
+    return stem if start is None else f"{stem}-{start}-{stop}"
 
 
 def shard_label(shard: str | Path) -> str:
@@ -264,41 +267,54 @@ class TFRecordOptions(Options):
 
     features: dict[str, Feature] = Field(min_length=1, description="serving input name -> its feature")
     records_per_shard: int | None = Field(None, gt=0, description="split each file into shards of N records")
+    compression: Literal["auto", "none", "GZIP"] = Field("auto", description="auto: GZIP for a file named *.gz")
 
     def feature_name(self, serving: str) -> str:
         return self.features[serving].feature or serving
 
+    def gzip(self, file: Path) -> bool:
+        """Whether `file` is GZIP-compressed: `compression`, or by its `.gz` suffix."""
+        return self.compression == "GZIP" or (self.compression == "auto" and file.name.endswith(".gz"))
 
-_RECORD_COUNTS: dict[tuple[str, int, int], list[int]] = {}
+
+_RECORD_COUNTS: dict[tuple[str, int, int, bool], list[int]] = {}
 
 
-def record_offsets(file: Path) -> list[int]:
-    """The byte offset of every record of a TFRecord file (its framing read, never its data); ShardError when
-    the file is not one. Remembered by size and mtime."""
+def record_offsets(file: Path, compressed: bool = False) -> list[int]:
+    """The byte offset of every record of a TFRecord file, in its decompressed stream when `compressed` (GZIP)
+    (its framing read, never its data, unless decompressing); ShardError when the file is not one. Remembered by
+    size and mtime."""
     stat = os.stat(file)
-    key = (str(file), stat.st_size, stat.st_mtime_ns)
+    key = (str(file), stat.st_size, stat.st_mtime_ns, compressed)
     if key not in _RECORD_COUNTS:
         offsets, pos = [], 0
-        with open(file, "rb") as f:
-            while pos < stat.st_size:
-                header = f.read(12)
-                if len(header) < 12:
-                    raise ShardError(f"{file.name} is not a readable TFRecord file (truncated at byte {pos})")
-                (length,) = struct.unpack("<Q", header[:8])
-                if pos + 12 + length + 4 > stat.st_size:
-                    raise ShardError(f"{file.name} is not a readable TFRecord file (a record at byte {pos} claims "
-                                     f"{length} bytes, past the end of the file)")
-                offsets.append(pos)
-                pos += 12 + length + 4
-                f.seek(pos)
+        try:
+            with gzip.open(file, "rb") if compressed else open(file, "rb") as f:
+                while header := f.read(12):
+                    if len(header) < 12:
+                        raise ShardError(f"{file.name} is not a readable TFRecord file (truncated at byte {pos})")
+                    (length,) = struct.unpack("<Q", header[:8])
+                    end = pos + 12 + length + 4
+                    reached = f.seek(end)  # a GZIP stream stops at its end; a file seeks past it
+                    if reached < end or (not compressed and end > stat.st_size):
+                        raise ShardError(f"{file.name} is not a readable TFRecord file (a record at byte {pos} "
+                                         f"claims {length} bytes, past the end of the file)")
+                    offsets.append(pos)
+                    pos = end
+        except (OSError, EOFError, zlib.error) as exc:  # gzip's: not GZIP, or truncated
+            if not compressed:
+                raise
+            raise ShardError(f"{file.name} is not a readable GZIP-compressed file ({type(exc).__name__}: {exc}); "
+                             "verify.tfrecord.compression says how the files are compressed") from None
         _RECORD_COUNTS[key] = offsets
     return _RECORD_COUNTS[key]
 
 
-def read_records(file: Path, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
-    """Records start..stop-1 of a TFRecord file, as bytes (plain Python, no TensorFlow)."""
-    offsets = record_offsets(file)[start:stop]
-    with open(file, "rb") as f:
+def read_records(file: Path, start: int = 0, stop: int | None = None, compressed: bool = False) -> Iterator[bytes]:
+    """Records start..stop-1 of a TFRecord file (GZIP-compressed when `compressed`), as bytes (plain Python, no
+    TensorFlow)."""
+    offsets = record_offsets(file, compressed)[start:stop]
+    with gzip.open(file, "rb") if compressed else open(file, "rb") as f:
         for offset in offsets:
             f.seek(offset)
             (length,) = struct.unpack("<Q", f.read(12)[:8])
@@ -387,8 +403,8 @@ def _finish(values: np.ndarray, counts: np.ndarray, serving: str, feature: Featu
 
 @data_format("tfrecord")
 class TFRecord(DataFormat):
-    """TFRecord files of `tf.Example`, parsed with `tf.io.parse_example` in the model's process: fixed-length
-    features (`shape`), var-length ones padded to a length (`var_len`, `pad`)."""
+    """TFRecord files of `tf.Example` (GZIP-compressed too), parsed with `tf.io.parse_example` in the model's
+    process: fixed-length features (`shape`), var-length ones padded to a length (`var_len`, `pad`)."""
 
     options = TFRecordOptions
 
@@ -398,7 +414,7 @@ class TFRecord(DataFormat):
         out = []
         for file in files:
             try:
-                total = len(record_offsets(file))
+                total = len(record_offsets(file, options.gzip(file)))
             except (ShardError, OSError):
                 out.append(shard_ref(file))  # fails at verify, naming the file (validation said so first)
                 continue
@@ -416,10 +432,11 @@ class TFRecord(DataFormat):
 
     def problem(self, file: Path, inputs: list[str], options: TFRecordOptions) -> str | None:
         try:
-            offsets = record_offsets(file)
+            compressed = options.gzip(file)
+            offsets = record_offsets(file, compressed)
             if not offsets:
                 return f"{file.name} holds no records"
-            first = decode_example(next(read_records(file, 0, 1)))
+            first = decode_example(next(read_records(file, 0, 1, compressed)))
         except ShardError as exc:
             return str(exc)
         except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
@@ -449,20 +466,9 @@ class TFRecord(DataFormat):
             feature, dtype = options.features[serving], tf.as_dtype(options.features[serving].dtype)
             specs[options.feature_name(serving)] = tf.io.VarLenFeature(dtype) if feature.var_len else \
                 tf.io.FixedLenFeature(feature.shape, dtype)
-        with tf.device("/CPU:0"):
-            records = tf.data.TFRecordDataset(str(file)).skip(start)
-            if stop is not None:
-                records = records.take(stop - start)
-            batches = iter(records.batch(size))  # sequential: records in file order, no parallel map
-            first = start
-            while True:
-                try:
-                    serialized = next(batches)
-                except StopIteration:
-                    return
-                except tf.errors.OpError as exc:
-                    raise ShardError(f"{where}: {file.name} is not a readable TFRecord file "
-                                     f"({_first_line(exc)})") from None
+        first = start
+        for serialized in self.batches(file, start, stop, options, size, where):
+            with tf.device("/CPU:0"):
                 n = int(serialized.shape[0])
                 names = [f"{file.name} record {first + i}" for i in range(n)]
                 try:
@@ -481,8 +487,29 @@ class TFRecord(DataFormat):
                     else:
                         counts, value = None, value.numpy()
                     batch[serving] = _finish(value, counts, serving, feature, name, file, first, where)
-                yield batch
-                first += n
+            yield batch
+            first += n
+
+    def batches(self, file: Path, start: int, stop: int | None, options: TFRecordOptions, size: int,
+                where: str) -> Iterator[Any]:
+        """Records start..stop-1 of a file as string tensors of `size` records (`tf.data`, in file order)."""
+        import tensorflow as tf  # the model's process only
+
+        with tf.device("/CPU:0"):
+            dataset = tf.data.TFRecordDataset(str(file), "GZIP" if options.gzip(file) else "").skip(start)
+            if stop is not None:
+                dataset = dataset.take(stop - start)
+            batches = iter(dataset.batch(size))  # sequential: records in file order, no parallel map
+        while True:
+            try:
+                with tf.device("/CPU:0"):
+                    serialized = next(batches)
+            except StopIteration:
+                return
+            except tf.errors.OpError as exc:
+                kind = "GZIP-compressed TFRecord" if options.gzip(file) else "TFRecord"
+                raise ShardError(f"{where}: {file.name} is not a readable {kind} file ({_first_line(exc)})") from None
+            yield serialized
 
     def peek(self, shard: str, inputs: list[str], options: TFRecordOptions, rows: int | None,
              where: str) -> dict[str, np.ndarray]:
@@ -491,9 +518,10 @@ class TFRecord(DataFormat):
         start = start or 0
         stop = stop if rows is None else min(stop if stop is not None else start + rows, start + rows)
         try:
-            examples = [decode_example(r) for r in read_records(file, start, stop)]
+            records = list(read_records(file, start, stop, options.gzip(file)))
         except ShardError as exc:
             raise ShardError(f"{where}: {exc}") from None
+        examples = [decode_example(r) for r in records]
         out = {}
         for serving in inputs:
             feature, name = options.features[serving], options.feature_name(serving)
