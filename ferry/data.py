@@ -4,6 +4,7 @@
     verify: {shards: shards/*.npz, npz: {keys: {images: images__0}}}          # serving name -> key in the file
     verify: {shards: data/*.npy, npy: {}}                                      # one input: the array itself
     verify: {shards: data/*.tfrecord, tfrecord: {records_per_shard: 32, features: {tokens: {...}}}}
+    verify: {shards: data/*.tfrecord.gz, tfrecord: {serialized: "input_example_tensor:0"}}  # the graph parses
     verify: {shards: images/batch-*/, image_folder: {size: [32, 32], scale: 0.00392156862745098}}
 
 A shard is the unit of caching and parallelism: a file (or, for `.npy` with several inputs, a folder of
@@ -12,7 +13,9 @@ shard batch by batch, so memory stays that of one batch however large or many th
 
 This module imports no TensorFlow: the flow process checks and peeks at shards with numpy and plain
 Python (a TFRecord file's framing and `tf.Example` protos are read by hand, GZIP through `gzip`), and only the
-model's process parses records, with `tf.io.parse_example`. Images are read with PIL on both sides.
+model's process parses records, with `tf.io.parse_example`, or, for a graph that takes serialized
+`tf.Example`s (`serialized`), with the graph's own parse ops (`ferry.tf1.session.Reference.inputs_and_outputs`):
+then a batch is the records as they are, `{SERIALIZED: bytes}`. Images are read with PIL on both sides.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ if TYPE_CHECKING:  # ferry.spec imports this module
 
 DATA_FORMATS: dict[str, DataFormat] = {}
 DEFAULT_FORMAT = "npz"
+# A batch of serialized tf.Examples, fed as they are at the graph's string tensor (never a serving name: those
+# are identifiers).
+SERIALIZED = "<serialized>"
 
 
 def data_format(name: str):
@@ -262,12 +268,31 @@ class Feature(Options):
 
 
 class TFRecordOptions(Options):
-    """TFRecord files of `tf.Example`: a feature per serving input; a shard is a file, or `records_per_shard`
-    records of one."""
+    """TFRecord files of `tf.Example`: a feature per serving input, or (`serialized`) the records fed as they are
+    to a graph that parses them itself; a shard is a file, or `records_per_shard` records of one."""
 
-    features: dict[str, Feature] = Field(min_length=1, description="serving input name -> its feature")
+    features: dict[str, Feature] = Field(default_factory=dict, description="serving input name -> its feature")
+    serialized: str | None = Field(None, description="the TF1 graph's string tensor the records are fed at as they "
+                                   "are (input_example_tensor:0); the serving inputs are its parse ops' outputs")
     records_per_shard: int | None = Field(None, gt=0, description="split each file into shards of N records")
     compression: Literal["auto", "none", "GZIP"] = Field("auto", description="auto: GZIP for a file named *.gz")
+
+    @field_validator("serialized")
+    @classmethod
+    def _tensor_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^:\s]+:\d+", value):
+            raise ValueError(f"tensor name {value!r} must look like 'op_name:0'")
+        return value
+
+    @model_validator(mode="after")
+    def _features_or_serialized(self) -> TFRecordOptions:
+        if not self.features and self.serialized is None:
+            raise ValueError("needs `features` (serving input -> its feature) or `serialized` (the graph's string "
+                             "tensor that takes the records as they are)")
+        if self.features and self.serialized is not None:
+            raise ValueError("`features` and `serialized` exclude each other: with `serialized` the graph's own "
+                             "parse ops read the features")
+        return self
 
     def feature_name(self, serving: str) -> str:
         return self.features[serving].feature or serving
@@ -404,7 +429,8 @@ def _finish(values: np.ndarray, counts: np.ndarray, serving: str, feature: Featu
 @data_format("tfrecord")
 class TFRecord(DataFormat):
     """TFRecord files of `tf.Example` (GZIP-compressed too), parsed with `tf.io.parse_example` in the model's
-    process: fixed-length features (`shape`), var-length ones padded to a length (`var_len`, `pad`)."""
+    process: fixed-length features (`shape`), var-length ones padded to a length (`var_len`, `pad`); or, with
+    `serialized`, streamed as the records themselves (`{SERIALIZED: bytes}`), for the graph's own parse ops."""
 
     options = TFRecordOptions
 
@@ -423,6 +449,8 @@ class TFRecord(DataFormat):
         return out
 
     def spec_problems(self, inputs: list[str], options: TFRecordOptions) -> list[tuple[str, str, Any]]:
+        if options.serialized is not None:
+            return []  # the graph's parse ops make the inputs
         problems = _unknown_keys(inputs, options.features)
         problems = [("features", message, value) for _, message, value in problems]
         missing = [name for name in inputs if name not in options.features]
@@ -461,6 +489,9 @@ class TFRecord(DataFormat):
         if not file.is_file():
             raise ShardError(f"{where}: {file.name}: no such file")
         start = start or 0
+        if options.serialized is not None:
+            yield from self.stream_serialized(file, start, stop, options, size, where)
+            return
         specs = {}
         for serving in inputs:
             feature, dtype = options.features[serving], tf.as_dtype(options.features[serving].dtype)
@@ -511,6 +542,12 @@ class TFRecord(DataFormat):
                 raise ShardError(f"{where}: {file.name} is not a readable {kind} file ({_first_line(exc)})") from None
             yield serialized
 
+    def stream_serialized(self, file: Path, start: int, stop: int | None, options: TFRecordOptions, size: int,
+                          where: str) -> Iterator[dict[str, np.ndarray]]:
+        """The records as they are, `{SERIALIZED: bytes objects}`, for the graph's own parse ops."""
+        for serialized in self.batches(file, start, stop, options, size, where):
+            yield {SERIALIZED: serialized.numpy()}
+
     def peek(self, shard: str, inputs: list[str], options: TFRecordOptions, rows: int | None,
              where: str) -> dict[str, np.ndarray]:
         """The first rows decoded by hand (the flow process imports no TensorFlow)."""
@@ -521,6 +558,8 @@ class TFRecord(DataFormat):
             records = list(read_records(file, start, stop, options.gzip(file)))
         except ShardError as exc:
             raise ShardError(f"{where}: {exc}") from None
+        if options.serialized is not None:
+            return {SERIALIZED: np.array(records, dtype=object)}
         examples = [decode_example(r) for r in records]
         out = {}
         for serving in inputs:
@@ -656,17 +695,18 @@ def units(spec: ModelSpec) -> list[str]:
 
 
 def stream(spec: ModelSpec, shard: str | Path, size: int) -> Iterator[dict[str, np.ndarray]]:
-    """A spec's shard, `size` rows at a time: one array per serving input."""
+    """A spec's shard, `size` rows at a time: one array per serving input, or the serialized tf.Examples
+    (`{SERIALIZED: bytes}`) for a graph that parses them (`Reference.inputs_and_outputs` makes the inputs)."""
     fmt = DATA_FORMATS[spec.verify.format]
     return fmt.stream(str(shard), list(spec.source.inputs), spec.verify.data, size, where(spec))
 
 
 def load(spec: ModelSpec, shard: str | Path) -> dict[str, np.ndarray]:
-    """A spec's shard whole (export re-checks on one)."""
+    """A spec's shard whole (export re-checks on one): its serving inputs, or its `{SERIALIZED: records}`."""
     parts = list(stream(spec, shard, spec.verify.batch_size))
     if not parts:
         raise ShardError(f"{where(spec)}: {shard_label(shard)} holds no rows")
-    return {name: np.concatenate([p[name] for p in parts]) for name in spec.source.inputs}
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def peek(spec: ModelSpec, shard: str | Path, rows: int | None = None) -> dict[str, np.ndarray]:

@@ -19,9 +19,10 @@ from ferry.files import replace_folder
 from ferry.keras3.layers import portability
 from ferry.keras3.run import load_keras, run_keras
 from ferry.parity import compare
-from ferry.shards import batches, load_shard
+from ferry.shards import batches
 from ferry.spec import ModelSpec
 from ferry.stages import Exported, Reconstructed, Restored
+from ferry.tf1.session import shard_inputs
 
 SIGNATURE = "serving_default"
 
@@ -108,7 +109,7 @@ def export_savedmodel(spec: ModelSpec, reconstructed: Reconstructed, restored: R
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_folders(dest)
     model = load_keras(spec, reconstructed, restored["weights"])
-    arrays = load_shard(spec, Path(shard))
+    arrays = shard_inputs(spec, str(shard), "/CPU:0")
     module = serving_module(spec, model, reconstructed["inputs"])
     with tf.device("/CPU:0"):  # what the hand-over must reproduce: the model's serving function, traced
         expected = run_serving(spec, module.serve, arrays)

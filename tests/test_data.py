@@ -12,6 +12,7 @@ import yaml
 
 from ferry.data import (
     DATA_FORMATS,
+    SERIALIZED,
     decode_example,
     peek,
     record_offsets,
@@ -347,6 +348,48 @@ def test_gzip_files_are_read_by_their_suffix_or_by_the_compression_option(tmp_pa
                      inputs='{tokens: "tokens:0"}')
     assert problems_of(path)[0].startswith(f"{path}: verify.tfrecord.compression: Input should be 'auto', 'none' or "
                                            "'GZIP'")
+
+
+@pytest.mark.tf1
+def test_serialized_examples_stream_as_the_records_themselves(tmp_path):
+    import tensorflow as tf
+
+    rows = token_rows(5, seed=3)
+    write_examples(tmp_path / "d.tfrecord.gz", rows, "GZIP")
+    spec = load_spec(spec_file(tmp_path, "*.gz", {"tfrecord": {"serialized": "input_example_tensor:0",
+                                                               "records_per_shard": 4}},
+                               inputs='{tokens: "ParseExample/ParseExampleV2:0"}'))
+    assert spec.verify.serialized == "input_example_tensor:0" and len(spec.shards()) == 2
+    written = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "d.tfrecord.gz"), "GZIP")]
+    batches = [b for shard in spec.shards() for b in stream(spec, shard, 3)]
+    assert [sorted(b) for b in batches] == [[SERIALIZED]] * 3 and [len(b[SERIALIZED]) for b in batches] == [3, 1, 1]
+    assert [r for b in batches for r in b[SERIALIZED]] == written  # as they are, in order
+    assert list(peek(spec, spec.shards()[0], 2)[SERIALIZED]) == written[:2]  # the flow process: plain Python
+    assert decode_example(written[0])["token_ids"] == rows[0]["token_ids"]
+
+
+@pytest.mark.unit
+def test_a_serialized_spec_names_its_string_tensor_and_the_parsed_inputs(tmp_path):
+    (tmp_path / "d.tfrecord").write_bytes(b"")
+    serialized = {"serialized": "input_example_tensor:0"}
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": {**serialized, "features": {"images": WEIGHTS}}})
+    assert problems_of(path) == [f"{path}: verify.tfrecord: `features` and `serialized` exclude each other: with "
+                                 "`serialized` the graph's own parse ops read the features (got "
+                                 "{'serialized': 'input_example_tensor:0', 'features': {'images': {'dtype': "
+                                 "'float32', 'shape': [3]}}})"]
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": {"records_per_shard": 2}})
+    assert problems_of(path)[0].startswith(f"{path}: verify.tfrecord: needs `features` (serving input -> its "
+                                           "feature) or `serialized`")
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": {"serialized": "input_example_tensor"}})
+    assert problems_of(path) == [f"{path}: verify.tfrecord.serialized: tensor name 'input_example_tensor' must look "
+                                 "like 'op_name:0' (got 'input_example_tensor')"]
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": serialized}, inputs='{examples: "input_example_tensor:0"}')
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: verify.tfrecord.serialized: the graph is fed the records at "
+                              "'input_example_tensor:0'; source.inputs names the tensors the Keras model takes")
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": serialized})
+    empty = tmp_path / "d.tfrecord"
+    assert problems_of(path) == [f"{path}: verify.shards: d.tfrecord holds no records (got '{empty}')"]
 
 
 @pytest.mark.tf1
