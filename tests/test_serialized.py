@@ -139,3 +139,14 @@ def test_the_serialized_records_peek_without_tensorflow(catalogue):
     assert records.dtype == object and len(records) == 3 and all(isinstance(r, bytes) for r in records)
     assert np.all([len(r) > 20 for r in records])
 
+
+def test_scan_drafts_the_serialized_spec_itself(project, tmp_path):
+    from ferry.tf1.draft import draft_spec, survey
+
+    found = survey(project / "zoo" / "example_dnn" / "savedmodel")
+    assert found.serialized == "input_example_tensor:0"  # the signature's one string input, read by a parse op
+    assert found.inputs == {"x": "ParseExample/ParseExample:3", "extras": "extras:0"}  # by feature key
+    assert found.translation is not None and not found.blockers
+    text = draft_spec(found, tmp_path / "specs" / "models" / "example_dnn.yaml", form="auto")
+    assert "  inputs: {x: 'ParseExample/ParseExample:3', extras: 'extras:0'}" in text
+    assert '  tfrecord: {serialized: "input_example_tensor:0"}' in text and "shards/*.tfrecord*" in text
