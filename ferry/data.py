@@ -4,6 +4,7 @@
     verify: {shards: shards/*.npz, npz: {keys: {images: images__0}}}          # serving name -> key in the file
     verify: {shards: data/*.npy, npy: {}}                                      # one input: the array itself
     verify: {shards: data/*.tfrecord, tfrecord: {records_per_shard: 32, features: {tokens: {...}}}}
+    verify: {shards: data/*.tfrecord.gz, tfrecord: {serialized: "input_example_tensor:0"}}  # the graph parses
     verify: {shards: images/batch-*/, image_folder: {size: [32, 32], scale: 0.00392156862745098}}
 
 A shard is the unit of caching and parallelism: a file (or, for `.npy` with several inputs, a folder of
@@ -11,15 +12,19 @@ A shard is the unit of caching and parallelism: a file (or, for `.npy` with seve
 shard batch by batch, so memory stays that of one batch however large or many the shards are.
 
 This module imports no TensorFlow: the flow process checks and peeks at shards with numpy and plain
-Python (a TFRecord file's framing and `tf.Example` protos are read by hand), and only the model's process
-parses records, with `tf.io.parse_example`. Images are read with PIL on both sides.
+Python (a TFRecord file's framing and `tf.Example` protos are read by hand, GZIP through `gzip`), and only the
+model's process parses records, with `tf.io.parse_example`, or, for a graph that takes serialized
+`tf.Example`s (`serialized`), with the graph's own parse ops (`ferry.tf1.session.Reference.inputs_and_outputs`):
+then a batch is the records as they are, `{SERIALIZED: bytes}`. Images are read with PIL on both sides.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -34,6 +39,9 @@ if TYPE_CHECKING:  # ferry.spec imports this module
 
 DATA_FORMATS: dict[str, DataFormat] = {}
 DEFAULT_FORMAT = "npz"
+# A batch of serialized tf.Examples, fed as they are at the graph's string tensor (never a serving name: those
+# are identifiers).
+SERIALIZED = "<serialized>"
 
 
 def data_format(name: str):
@@ -82,9 +90,10 @@ def shard_file(shard: str | Path) -> Path:
 
 
 def shard_stem(shard: str | Path) -> str:
-    """A shard's short name: the file's stem, with its record range (`data-000-32`)."""
+    """A shard's short name: the file's stem (of `x.tfrecord.gz`: `x`), with its record range (`data-000-32`)."""
     file, start, stop = split_ref(shard)
-    return file.stem if start is None else f"{file.stem}-{start}-{stop}"
+    stem = Path(file.stem).stem if file.suffix == ".gz" else file.stem
+    return stem if start is None else f"{stem}-{start}-{stop}"
 
 
 def shard_label(shard: str | Path) -> str:
@@ -259,46 +268,78 @@ class Feature(Options):
 
 
 class TFRecordOptions(Options):
-    """TFRecord files of `tf.Example`: a feature per serving input; a shard is a file, or `records_per_shard`
-    records of one."""
+    """TFRecord files of `tf.Example`: a feature per serving input, or (`serialized`) the records fed as they are
+    to a graph that parses them itself; a shard is a file, or `records_per_shard` records of one."""
 
-    features: dict[str, Feature] = Field(min_length=1, description="serving input name -> its feature")
+    features: dict[str, Feature] = Field(default_factory=dict, description="serving input name -> its feature")
+    serialized: str | None = Field(None, description="the TF1 graph's string tensor the records are fed at as they "
+                                   "are (input_example_tensor:0); the serving inputs are its parse ops' outputs")
     records_per_shard: int | None = Field(None, gt=0, description="split each file into shards of N records")
+    compression: Literal["auto", "none", "GZIP"] = Field("auto", description="auto: GZIP for a file named *.gz")
+
+    @field_validator("serialized")
+    @classmethod
+    def _tensor_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^:\s]+:\d+", value):
+            raise ValueError(f"tensor name {value!r} must look like 'op_name:0'")
+        return value
+
+    @model_validator(mode="after")
+    def _features_or_serialized(self) -> TFRecordOptions:
+        if not self.features and self.serialized is None:
+            raise ValueError("needs `features` (serving input -> its feature) or `serialized` (the graph's string "
+                             "tensor that takes the records as they are)")
+        if self.features and self.serialized is not None:
+            raise ValueError("`features` and `serialized` exclude each other: with `serialized` the graph's own "
+                             "parse ops read the features")
+        return self
 
     def feature_name(self, serving: str) -> str:
         return self.features[serving].feature or serving
 
+    def gzip(self, file: Path) -> bool:
+        """Whether `file` is GZIP-compressed: `compression`, or by its `.gz` suffix."""
+        return self.compression == "GZIP" or (self.compression == "auto" and file.name.endswith(".gz"))
 
-_RECORD_COUNTS: dict[tuple[str, int, int], list[int]] = {}
+
+_RECORD_COUNTS: dict[tuple[str, int, int, bool], list[int]] = {}
 
 
-def record_offsets(file: Path) -> list[int]:
-    """The byte offset of every record of a TFRecord file (its framing read, never its data); ShardError when
-    the file is not one. Remembered by size and mtime."""
+def record_offsets(file: Path, compressed: bool = False) -> list[int]:
+    """The byte offset of every record of a TFRecord file, in its decompressed stream when `compressed` (GZIP)
+    (its framing read, never its data, unless decompressing); ShardError when the file is not one. Remembered by
+    size and mtime."""
     stat = os.stat(file)
-    key = (str(file), stat.st_size, stat.st_mtime_ns)
+    key = (str(file), stat.st_size, stat.st_mtime_ns, compressed)
     if key not in _RECORD_COUNTS:
         offsets, pos = [], 0
-        with open(file, "rb") as f:
-            while pos < stat.st_size:
-                header = f.read(12)
-                if len(header) < 12:
-                    raise ShardError(f"{file.name} is not a readable TFRecord file (truncated at byte {pos})")
-                (length,) = struct.unpack("<Q", header[:8])
-                if pos + 12 + length + 4 > stat.st_size:
-                    raise ShardError(f"{file.name} is not a readable TFRecord file (a record at byte {pos} claims "
-                                     f"{length} bytes, past the end of the file)")
-                offsets.append(pos)
-                pos += 12 + length + 4
-                f.seek(pos)
+        try:
+            with gzip.open(file, "rb") if compressed else open(file, "rb") as f:
+                while header := f.read(12):
+                    if len(header) < 12:
+                        raise ShardError(f"{file.name} is not a readable TFRecord file (truncated at byte {pos})")
+                    (length,) = struct.unpack("<Q", header[:8])
+                    end = pos + 12 + length + 4
+                    reached = f.seek(end)  # a GZIP stream stops at its end; a file seeks past it
+                    if reached < end or (not compressed and end > stat.st_size):
+                        raise ShardError(f"{file.name} is not a readable TFRecord file (a record at byte {pos} "
+                                         f"claims {length} bytes, past the end of the file)")
+                    offsets.append(pos)
+                    pos = end
+        except (OSError, EOFError, zlib.error) as exc:  # gzip's: not GZIP, or truncated
+            if not compressed:
+                raise
+            raise ShardError(f"{file.name} is not a readable GZIP-compressed file ({type(exc).__name__}: {exc}); "
+                             "verify.tfrecord.compression says how the files are compressed") from None
         _RECORD_COUNTS[key] = offsets
     return _RECORD_COUNTS[key]
 
 
-def read_records(file: Path, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
-    """Records start..stop-1 of a TFRecord file, as bytes (plain Python, no TensorFlow)."""
-    offsets = record_offsets(file)[start:stop]
-    with open(file, "rb") as f:
+def read_records(file: Path, start: int = 0, stop: int | None = None, compressed: bool = False) -> Iterator[bytes]:
+    """Records start..stop-1 of a TFRecord file (GZIP-compressed when `compressed`), as bytes (plain Python, no
+    TensorFlow)."""
+    offsets = record_offsets(file, compressed)[start:stop]
+    with gzip.open(file, "rb") if compressed else open(file, "rb") as f:
         for offset in offsets:
             f.seek(offset)
             (length,) = struct.unpack("<Q", f.read(12)[:8])
@@ -387,8 +428,9 @@ def _finish(values: np.ndarray, counts: np.ndarray, serving: str, feature: Featu
 
 @data_format("tfrecord")
 class TFRecord(DataFormat):
-    """TFRecord files of `tf.Example`, parsed with `tf.io.parse_example` in the model's process: fixed-length
-    features (`shape`), var-length ones padded to a length (`var_len`, `pad`)."""
+    """TFRecord files of `tf.Example` (GZIP-compressed too), parsed with `tf.io.parse_example` in the model's
+    process: fixed-length features (`shape`), var-length ones padded to a length (`var_len`, `pad`); or, with
+    `serialized`, streamed as the records themselves (`{SERIALIZED: bytes}`), for the graph's own parse ops."""
 
     options = TFRecordOptions
 
@@ -398,7 +440,7 @@ class TFRecord(DataFormat):
         out = []
         for file in files:
             try:
-                total = len(record_offsets(file))
+                total = len(record_offsets(file, options.gzip(file)))
             except (ShardError, OSError):
                 out.append(shard_ref(file))  # fails at verify, naming the file (validation said so first)
                 continue
@@ -407,6 +449,8 @@ class TFRecord(DataFormat):
         return out
 
     def spec_problems(self, inputs: list[str], options: TFRecordOptions) -> list[tuple[str, str, Any]]:
+        if options.serialized is not None:
+            return []  # the graph's parse ops make the inputs
         problems = _unknown_keys(inputs, options.features)
         problems = [("features", message, value) for _, message, value in problems]
         missing = [name for name in inputs if name not in options.features]
@@ -416,10 +460,11 @@ class TFRecord(DataFormat):
 
     def problem(self, file: Path, inputs: list[str], options: TFRecordOptions) -> str | None:
         try:
-            offsets = record_offsets(file)
+            compressed = options.gzip(file)
+            offsets = record_offsets(file, compressed)
             if not offsets:
                 return f"{file.name} holds no records"
-            first = decode_example(next(read_records(file, 0, 1)))
+            first = decode_example(next(read_records(file, 0, 1, compressed)))
         except ShardError as exc:
             return str(exc)
         except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
@@ -444,25 +489,17 @@ class TFRecord(DataFormat):
         if not file.is_file():
             raise ShardError(f"{where}: {file.name}: no such file")
         start = start or 0
+        if options.serialized is not None:
+            yield from self.stream_serialized(file, start, stop, options, size, where)
+            return
         specs = {}
         for serving in inputs:
             feature, dtype = options.features[serving], tf.as_dtype(options.features[serving].dtype)
             specs[options.feature_name(serving)] = tf.io.VarLenFeature(dtype) if feature.var_len else \
                 tf.io.FixedLenFeature(feature.shape, dtype)
-        with tf.device("/CPU:0"):
-            records = tf.data.TFRecordDataset(str(file)).skip(start)
-            if stop is not None:
-                records = records.take(stop - start)
-            batches = iter(records.batch(size))  # sequential: records in file order, no parallel map
-            first = start
-            while True:
-                try:
-                    serialized = next(batches)
-                except StopIteration:
-                    return
-                except tf.errors.OpError as exc:
-                    raise ShardError(f"{where}: {file.name} is not a readable TFRecord file "
-                                     f"({_first_line(exc)})") from None
+        first = start
+        for serialized in self.batches(file, start, stop, options, size, where):
+            with tf.device("/CPU:0"):
                 n = int(serialized.shape[0])
                 names = [f"{file.name} record {first + i}" for i in range(n)]
                 try:
@@ -481,8 +518,35 @@ class TFRecord(DataFormat):
                     else:
                         counts, value = None, value.numpy()
                     batch[serving] = _finish(value, counts, serving, feature, name, file, first, where)
-                yield batch
-                first += n
+            yield batch
+            first += n
+
+    def batches(self, file: Path, start: int, stop: int | None, options: TFRecordOptions, size: int,
+                where: str) -> Iterator[Any]:
+        """Records start..stop-1 of a file as string tensors of `size` records (`tf.data`, in file order)."""
+        import tensorflow as tf  # the model's process only
+
+        with tf.device("/CPU:0"):
+            dataset = tf.data.TFRecordDataset(str(file), "GZIP" if options.gzip(file) else "").skip(start)
+            if stop is not None:
+                dataset = dataset.take(stop - start)
+            batches = iter(dataset.batch(size))  # sequential: records in file order, no parallel map
+        while True:
+            try:
+                with tf.device("/CPU:0"):
+                    serialized = next(batches)
+            except StopIteration:
+                return
+            except tf.errors.OpError as exc:
+                kind = "GZIP-compressed TFRecord" if options.gzip(file) else "TFRecord"
+                raise ShardError(f"{where}: {file.name} is not a readable {kind} file ({_first_line(exc)})") from None
+            yield serialized
+
+    def stream_serialized(self, file: Path, start: int, stop: int | None, options: TFRecordOptions, size: int,
+                          where: str) -> Iterator[dict[str, np.ndarray]]:
+        """The records as they are, `{SERIALIZED: bytes objects}`, for the graph's own parse ops."""
+        for serialized in self.batches(file, start, stop, options, size, where):
+            yield {SERIALIZED: serialized.numpy()}
 
     def peek(self, shard: str, inputs: list[str], options: TFRecordOptions, rows: int | None,
              where: str) -> dict[str, np.ndarray]:
@@ -491,9 +555,12 @@ class TFRecord(DataFormat):
         start = start or 0
         stop = stop if rows is None else min(stop if stop is not None else start + rows, start + rows)
         try:
-            examples = [decode_example(r) for r in read_records(file, start, stop)]
+            records = list(read_records(file, start, stop, options.gzip(file)))
         except ShardError as exc:
             raise ShardError(f"{where}: {exc}") from None
+        if options.serialized is not None:
+            return {SERIALIZED: np.array(records, dtype=object)}
+        examples = [decode_example(r) for r in records]
         out = {}
         for serving in inputs:
             feature, name = options.features[serving], options.feature_name(serving)
@@ -628,17 +695,18 @@ def units(spec: ModelSpec) -> list[str]:
 
 
 def stream(spec: ModelSpec, shard: str | Path, size: int) -> Iterator[dict[str, np.ndarray]]:
-    """A spec's shard, `size` rows at a time: one array per serving input."""
+    """A spec's shard, `size` rows at a time: one array per serving input, or the serialized tf.Examples
+    (`{SERIALIZED: bytes}`) for a graph that parses them (`Reference.inputs_and_outputs` makes the inputs)."""
     fmt = DATA_FORMATS[spec.verify.format]
     return fmt.stream(str(shard), list(spec.source.inputs), spec.verify.data, size, where(spec))
 
 
 def load(spec: ModelSpec, shard: str | Path) -> dict[str, np.ndarray]:
-    """A spec's shard whole (export re-checks on one)."""
+    """A spec's shard whole (export re-checks on one): its serving inputs, or its `{SERIALIZED: records}`."""
     parts = list(stream(spec, shard, spec.verify.batch_size))
     if not parts:
         raise ShardError(f"{where(spec)}: {shard_label(shard)} holds no rows")
-    return {name: np.concatenate([p[name] for p in parts]) for name in spec.source.inputs}
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def peek(spec: ModelSpec, shard: str | Path, rows: int | None = None) -> dict[str, np.ndarray]:

@@ -345,6 +345,12 @@ class Verify(_Strict):
     def tolerance_for(self, output: str) -> Tolerance:
         return self.outputs.get(output, self.tolerance)
 
+    @property
+    def serialized(self) -> str | None:
+        """The TF1 graph's string tensor the shards' serialized tf.Examples are fed at (`tfrecord.serialized`), or
+        None: the shards hold the serving inputs themselves."""
+        return self.tfrecord.serialized if self.tfrecord is not None else None
+
 
 class Export(_Strict):
     """Where the verified SavedModel lands."""
@@ -364,6 +370,15 @@ class ModelSpec(_Strict):
     spec_file: Path = Field(Path("<memory>"), exclude=True)
     factory_modules: tuple[str, ...] = Field((), exclude=True, description="from the catalogue")
     catalogue_dir: Path | None = Field(None, exclude=True, description="where factory modules are imported from")
+
+    @model_validator(mode="after")
+    def _serialized_inputs(self) -> ModelSpec:
+        tensor = self.verify.serialized
+        if tensor is not None and (not self.source.inputs or tensor in self.source.inputs.values()):
+            raise ValueError(f"verify.tfrecord.serialized: the graph is fed the records at {tensor!r}; source.inputs "
+                             "names the tensors the Keras model takes instead: the outputs of the graph's parse ops "
+                             f"(e.g. 'ParseExample/ParseExampleV2:0') (got source.inputs {self.source.inputs})")
+        return self
 
     @model_validator(mode="after")
     def _outputs_consistent(self) -> ModelSpec:

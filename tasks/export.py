@@ -23,6 +23,7 @@ from ferry.parity import compare
 from ferry.shards import batches, stream_shard
 from ferry.spec import ModelSpec
 from ferry.stages import Exported, Reconstructed, Restored
+from ferry.tf1.session import keras_inputs
 
 SIGNATURE = "serving_default"
 
@@ -113,7 +114,7 @@ def export_savedmodel(spec: ModelSpec, reconstructed: Reconstructed, restored: R
     remove_stale_temp_folders(dest)
     model = load_keras(spec, reconstructed, restored["weights"])
     shard = Path(shard)
-    batch = first_batch(spec, shard)
+    batch = keras_inputs(spec, first_batch(spec, shard), str(shard), "/CPU:0")
     expected = run_keras(spec, model, batch, spec.verify.batch_size, "/CPU:0")
     keras_record = {"file": f"{spec.name}.keras", **portability(model)}
     tmp = make_temp_folder(dest)

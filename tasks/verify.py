@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ferry.cache import fingerprint
+from ferry.data import shard_label, split_ref, where
 from ferry.divergence import FirstDivergence, first_divergence
 from ferry.files import write_atomically
 from ferry.keras3.run import device_for, load_keras, run_batch
@@ -83,18 +84,23 @@ def _verify_on(device: str, spec: ModelSpec, reconstructed: Reconstructed, resto
     parities = {name: Parity(spec.verify.tolerance_for(name)) for name in spec.source.outputs}
     samples = {name: PlotSample() for name in spec.source.outputs}
     rows = 0
+    file, start, _ = split_ref(shard)
+    start = start or 0
     failing = None  # the first failing batch: (its index, the batch, the failing output, its rows out of tolerance)
-    for i, batch in enumerate(stream_shard(spec, Path(shard), spec.verify.batch_size)):
+    for i, read in enumerate(stream_shard(spec, shard, spec.verify.batch_size)):
+        size = len(next(iter(read.values())))
+        first = start + rows
+        records = f"{where(spec)}: {file.name}: records {first}..{first + size - 1}"
+        batch, expected = tf1.inputs_and_outputs(read, records)
         if i == 0:
-            check_signature(batch, reconstructed["inputs"], f"{spec.spec_file}: verify.shards: {Path(shard).name}")
-        expected = tf1.run_batch(batch)
+            check_signature(batch, reconstructed["inputs"], f"{spec.spec_file}: verify.shards: {shard_label(shard)}")
         got = run_batch(spec, model, batch, reconstructed["inputs"], device)
         for name in spec.source.outputs:
             parities[name].add(got[name], expected[name])
             samples[name].add(got[name], expected[name])
             if failing is None and not parities[name].passing:
                 failing = (i, batch, name, _bad_rows(got[name], expected[name], spec.verify.tolerance_for(name)))
-        rows += len(next(iter(batch.values())))
+        rows += size
     outputs = {name: parity.result() for name, parity in parities.items()}
     record: ShardParity = {"shard": str(shard), "index": index, "device": device, "rows": rows,
                            "passed": all(o["passed"] for o in outputs.values()), "outputs": outputs}

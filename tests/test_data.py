@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 import yaml
 
-from ferry.data import DATA_FORMATS, decode_example, peek, record_offsets, shard_file, shard_ref, split_ref, stream
+from ferry.data import (
+    DATA_FORMATS,
+    SERIALIZED,
+    decode_example,
+    peek,
+    record_offsets,
+    shard_file,
+    shard_ref,
+    split_ref,
+    stream,
+)
 from ferry.shards import ShardError, load_shard
 from ferry.spec import SpecError, Verify, load_spec
 
@@ -160,14 +170,15 @@ def test_shard_references_name_a_file_or_a_record_range(tmp_path):
 # --- TFRecord files of tf.Example, written by TensorFlow --------------------------------------------------------
 
 
-def write_examples(path: Path, rows: list[dict[str, tuple[str, list]]]) -> Path:
-    """A TFRecord file of `tf.Example`s, written by `tf.io.TFRecordWriter`: per row, feature -> (kind, values)."""
+def write_examples(path: Path, rows: list[dict[str, tuple[str, list]]], compression: str = "") -> Path:
+    """A TFRecord file of `tf.Example`s, written by `tf.io.TFRecordWriter` (`compression`: "" or "GZIP"): per row,
+    feature -> (kind, values)."""
     import tensorflow as tf
 
     lists = {"int64": lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v)),
              "float32": lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=v)),
              "string": lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=v))}
-    with tf.io.TFRecordWriter(str(path)) as writer:
+    with tf.io.TFRecordWriter(str(path), tf.io.TFRecordOptions(compression_type=compression)) as writer:
         for row in rows:
             feature = {name: lists[kind](values) for name, (kind, values) in row.items()}
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
@@ -298,6 +309,87 @@ def test_verify_time_errors_name_the_file_the_record_and_the_feature(tmp_path):
     with pytest.raises(ShardError, match=r"verify.shards: d.tfrecord record 5: feature 'token_ids' \(input 'tokens'\) "
                                          r"has 8 values; its padded length is 6"):
         list(stream(spec, spec.shards()[0], 4))
+
+
+@pytest.mark.tf1
+def test_gzip_files_are_read_by_their_suffix_or_by_the_compression_option(tmp_path):
+    rows = token_rows(7, seed=2)
+    write_examples(tmp_path / "a.tfrecord.gz", rows[:5], "GZIP")
+    write_examples(tmp_path / "b.tfrecord", rows[5:])
+    spec = load_spec(spec_file(tmp_path, "*.tfrecord*", {"tfrecord": {"features": {"tokens": TOKENS,
+                                                                                   "weights": WEIGHTS},
+                                                                      "records_per_shard": 3}},
+                               inputs='{tokens: "tokens:0", weights: "weights:0"}'))
+    a, b = tmp_path / "a.tfrecord.gz", tmp_path / "b.tfrecord"
+    assert spec.shards() == [f"{a}[0:3]", f"{a}[3:5]", f"{b}[0:2]"]  # records counted in the GZIP stream
+    streamed = np.concatenate([b["tokens"] for shard in spec.shards() for b in stream(spec, shard, 2)])
+    np.testing.assert_array_equal(streamed, expected_tokens(rows, 6, -1))  # tf.data, GZIP for a.tfrecord.gz only
+    np.testing.assert_array_equal(peek(spec, spec.shards()[1])["tokens"], expected_tokens(rows[3:5], 6, -1))
+
+    (tmp_path / "c").mkdir()
+    write_examples(tmp_path / "c" / "part-0", rows, "GZIP")  # no suffix: `compression: GZIP` says so
+    spec = load_spec(spec_file(tmp_path / "c", "part-*", {"tfrecord": {"features": {"tokens": TOKENS,
+                                                                                    "weights": WEIGHTS},
+                                                                       "compression": "GZIP"}},
+                               inputs='{tokens: "tokens:0", weights: "weights:0"}'))
+    np.testing.assert_array_equal(load_shard(spec, spec.shards()[0])["tokens"], expected_tokens(rows, 6, -1))
+
+    path = spec_file(tmp_path, "b.tfrecord", {"tfrecord": {"features": {"tokens": TOKENS, "weights": WEIGHTS},
+                                                           "compression": "GZIP"}},
+                     inputs='{tokens: "tokens:0", weights: "weights:0"}')
+    [problem] = problems_of(path)  # a plain file said to be GZIP: named, never a traceback
+    assert problem.startswith(f"{path}: verify.shards: b.tfrecord is not a readable GZIP-compressed file (BadGzipFile")
+    assert "verify.tfrecord.compression" in problem
+    path = spec_file(tmp_path, "*.gz", {"tfrecord": {"features": {"tokens": TOKENS, "weights": WEIGHTS},
+                                                     "compression": "none"}},
+                     inputs='{tokens: "tokens:0", weights: "weights:0"}')
+    assert "a.tfrecord.gz is not a readable TFRecord file" in problems_of(path)[0]
+    path = spec_file(tmp_path, "*.gz", {"tfrecord": {"features": {"tokens": TOKENS}, "compression": "zip"}},
+                     inputs='{tokens: "tokens:0"}')
+    assert problems_of(path)[0].startswith(f"{path}: verify.tfrecord.compression: Input should be 'auto', 'none' or "
+                                           "'GZIP'")
+
+
+@pytest.mark.tf1
+def test_serialized_examples_stream_as_the_records_themselves(tmp_path):
+    import tensorflow as tf
+
+    rows = token_rows(5, seed=3)
+    write_examples(tmp_path / "d.tfrecord.gz", rows, "GZIP")
+    spec = load_spec(spec_file(tmp_path, "*.gz", {"tfrecord": {"serialized": "input_example_tensor:0",
+                                                               "records_per_shard": 4}},
+                               inputs='{tokens: "ParseExample/ParseExampleV2:0"}'))
+    assert spec.verify.serialized == "input_example_tensor:0" and len(spec.shards()) == 2
+    written = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "d.tfrecord.gz"), "GZIP")]
+    batches = [b for shard in spec.shards() for b in stream(spec, shard, 3)]
+    assert [sorted(b) for b in batches] == [[SERIALIZED]] * 3 and [len(b[SERIALIZED]) for b in batches] == [3, 1, 1]
+    assert [r for b in batches for r in b[SERIALIZED]] == written  # as they are, in order
+    assert list(peek(spec, spec.shards()[0], 2)[SERIALIZED]) == written[:2]  # the flow process: plain Python
+    assert decode_example(written[0])["token_ids"] == rows[0]["token_ids"]
+
+
+@pytest.mark.unit
+def test_a_serialized_spec_names_its_string_tensor_and_the_parsed_inputs(tmp_path):
+    (tmp_path / "d.tfrecord").write_bytes(b"")
+    serialized = {"serialized": "input_example_tensor:0"}
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": {**serialized, "features": {"images": WEIGHTS}}})
+    assert problems_of(path) == [f"{path}: verify.tfrecord: `features` and `serialized` exclude each other: with "
+                                 "`serialized` the graph's own parse ops read the features (got "
+                                 "{'serialized': 'input_example_tensor:0', 'features': {'images': {'dtype': "
+                                 "'float32', 'shape': [3]}}})"]
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": {"records_per_shard": 2}})
+    assert problems_of(path)[0].startswith(f"{path}: verify.tfrecord: needs `features` (serving input -> its "
+                                           "feature) or `serialized`")
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": {"serialized": "input_example_tensor"}})
+    assert problems_of(path) == [f"{path}: verify.tfrecord.serialized: tensor name 'input_example_tensor' must look "
+                                 "like 'op_name:0' (got 'input_example_tensor')"]
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": serialized}, inputs='{examples: "input_example_tensor:0"}')
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: verify.tfrecord.serialized: the graph is fed the records at "
+                              "'input_example_tensor:0'; source.inputs names the tensors the Keras model takes")
+    path = spec_file(tmp_path, "*.tfrecord", {"tfrecord": serialized})
+    empty = tmp_path / "d.tfrecord"
+    assert problems_of(path) == [f"{path}: verify.shards: d.tfrecord holds no records (got '{empty}')"]
 
 
 @pytest.mark.tf1

@@ -36,11 +36,12 @@ def runs_of(client: MlflowClient, experiment: str):
 
 # The example catalogue: every model and its outputs; the last three are a TF1 Estimator model_dir, a frozen
 # GraphDef and a TF1 SavedModel (served under its signature's keys), the others .meta graphs + checkpoints;
-# mnist_cnn_keys and text_lstm_tfrecord verify from an .npz with foreign keys and from a TFRecord of tf.Examples.
-MODELS = {"estimator_dnn": ("predictions",), "frozen_cnn": ("probs",), "gru_seq": ("scores",), "linear": ("y",),
-          "mlp": ("probs",), "mnist_cnn": ("probs",), "mnist_cnn_keys": ("probs",), "resnet_bn": ("probs",),
-          "savedmodel_mlp": ("classes", "scores"), "text_lstm": ("probs",), "text_lstm_tfrecord": ("probs",),
-          "transformer": ("probs",)}
+# mnist_cnn_keys and text_lstm_tfrecord verify from an .npz with foreign keys and from a TFRecord of tf.Examples,
+# example_dnn (a TF1 SavedModel that parses serialized tf.Examples itself) from TFRecord files of them.
+MODELS = {"estimator_dnn": ("predictions",), "example_dnn": ("probs",), "frozen_cnn": ("probs",),
+          "gru_seq": ("scores",), "linear": ("y",), "mlp": ("probs",), "mnist_cnn": ("probs",),
+          "mnist_cnn_keys": ("probs",), "resnet_bn": ("probs",), "savedmodel_mlp": ("classes", "scores"),
+          "text_lstm": ("probs",), "text_lstm_tfrecord": ("probs",), "transformer": ("probs",)}
 # The verification shards, as the runs' dataset inputs: four .npz each, but for the two other data layouts.
 DATASETS = {"mnist_cnn_keys": [f"batch-00{i}" for i in range(2)],
             "text_lstm_tfrecord": [f"tokens-{i}-{i + 32}" for i in (0, 32, 64)]}

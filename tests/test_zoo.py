@@ -26,7 +26,12 @@ FORMAT_FILES = {
     "estimator_dnn": ["model_dir/checkpoint", "model_dir/graph.pbtxt",
                       *[f"model_dir/model.ckpt-{n}.{ext}" for n in (10, 5)
                         for ext in ("data-00000-of-00001", "index", "meta")]],
+    "example_dnn": ["savedmodel/saved_model.pb", "savedmodel/variables/variables.data-00000-of-00001",
+                    "savedmodel/variables/variables.index"],
 }
+SHARDS = [f"shards/shard-{i:03d}.npz" for i in range(4)]
+# example_dnn takes serialized tf.Examples: its shards are TFRecord files of them, the last GZIP-compressed.
+RECORD_SHARDS = {"example_dnn": [*[f"shards/shard-{i:03d}.tfrecord" for i in range(3)], "shards/shard-003.tfrecord.gz"]}
 NEW_MODELS = ("resnet_bn", "text_lstm", "gru_seq", "transformer")
 # Verification data in other formats than the shards (zoo/build.py EXTRA_DATA), written by TF's and numpy's own APIs.
 EXTRA_FILES = {"text_lstm": ["tfrecords/tokens.tfrecord"],
@@ -172,7 +177,7 @@ def test_layout(zoo: Path):
     assert sorted(p.name for p in zoo.iterdir()) == sorted([*MODELS, *FORMAT_FILES])  # no .tmp- leftovers
     for name, artifact in FORMAT_FILES.items():
         files = sorted(str(p.relative_to(zoo / name)) for p in (zoo / name).rglob("*") if p.is_file())
-        assert files == sorted(["manifest.json", *artifact, *[f"shards/shard-{i:03d}.npz" for i in range(4)]])
+        assert files == sorted(["manifest.json", *artifact, *RECORD_SHARDS.get(name, SHARDS)])
     for name in MODELS:
         files = sorted(str(p.relative_to(zoo / name)) for p in (zoo / name).rglob("*") if p.is_file())
         assert files == sorted([
@@ -251,6 +256,24 @@ def test_graph_runs_from_checkpoint(zoo: Path, name: str):
     assert np.isfinite(out).all()
     if "probs" in manifest["outputs"]:
         np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_example_dnn_parses_the_serialized_examples_of_its_shards(zoo: Path):
+    """An Estimator-style serving export: `serving_default` takes strings, parsed by the graph's ParseExampleV2."""
+    folder = zoo / "example_dnn"
+    shards = [[r.numpy() for r in tf.data.TFRecordDataset(str(folder / shard), "GZIP" * shard.endswith(".gz"))]
+              for shard in RECORD_SHARDS["example_dnn"]]
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(folder / "savedmodel"))
+        signature = meta.signature_def["serving_default"]
+        assert signature.inputs["examples"].name == "input_example_tensor:0"
+        assert signature.inputs["examples"].dtype == tf.string.as_datatype_enum
+        assert {op.type for op in graph.get_operations()} >= {"ParseExampleV2", "SparseToDense"}
+        for records in shards:
+            (probs,) = sess.run([signature.outputs["probs"].name], {"input_example_tensor:0": records})
+            assert probs.shape == (24, 3)
+            np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_resnet_bn_batch_norm(zoo: Path):

@@ -9,7 +9,9 @@ Each model gets its own folder under ``--out`` (default: this folder)::
                                                uint8 images, int32 tokens)
     <name>/manifest.json                       inputs, outputs, tf_version (written last)
 
-and, for two models, the same kind of data in other formats (``EXTRA_DATA``; written beside a model
+(``example_dnn``, which takes serialized tf.Examples, has TFRecord files of them instead:
+``shard-000.tfrecord`` ... ``002``, and ``shard-003.tfrecord.gz``, GZIP-compressed), and, for two
+models, the same kind of data in other formats (``EXTRA_DATA``; written beside a model
 already built too, so an older zoo gains them without a rebuild)::
 
     text_lstm/tfrecords/tokens.tfrecord        96 tf.Examples: `token_ids`, var-length int64 (8..20)
@@ -74,6 +76,9 @@ class Built:
     # How the trained model is saved (default: a `.meta` graph and a name-based checkpoint, `model.ckpt`);
     # returns what the manifest records about the artifact.
     save: Callable[[v1.Session, Path, Built], dict] | None = None
+    # The shards are TFRecord files of the serialized tf.Examples `shard` returns (the model's one input, a
+    # string placeholder), not `.npz`; the last one GZIP-compressed (`.tfrecord.gz`).
+    tfrecord_shards: bool = False
 
 
 def build_linear(rng: np.random.RandomState) -> Built:
@@ -441,6 +446,52 @@ def _save_estimator_dir(sess: v1.Session, folder: Path, built: Built) -> dict:
             "checkpoints": [f"{CKPT_NAME}-{step}" for step in ESTIMATOR_STEPS], "train_steps": ESTIMATOR_STEPS[-1]}
 
 
+def _examples(rng: np.random.RandomState, n: int) -> np.ndarray:
+    """`n` serialized `tf.Example`s of example_dnn: `x`, 4 floats; `extras`, 0 to 5 floats."""
+    out = []
+    for _ in range(n):
+        feature = {"x": tf.train.Feature(float_list=tf.train.FloatList(value=rng.normal(size=4).tolist())),
+                   "extras": tf.train.Feature(float_list=tf.train.FloatList(
+                       value=rng.uniform(size=rng.randint(0, 6)).tolist()))}
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        out.append(example.SerializeToString(deterministic=True))  # map order fixed: same bytes each build
+    return np.array(out, dtype=object)
+
+
+def _save_serving_savedmodel(sess: v1.Session, folder: Path, built: Built) -> dict:
+    """A TF1 SavedModel as an Estimator's serving export writes it (`saved_model.Builder`, tag `serve`,
+    signature `serving_default`): its input is the serialized tf.Examples, `examples`."""
+    builder = v1.saved_model.Builder(str(folder / SAVEDMODEL_DIR))
+    signature = v1.saved_model.predict_signature_def(inputs=built.inputs, outputs=built.outputs)
+    builder.add_meta_graph_and_variables(sess, [v1.saved_model.tag_constants.SERVING],
+                                         signature_def_map={"serving_default": signature})
+    builder.save()
+    variables = tf.train.list_variables(str(folder / SAVEDMODEL_DIR / "variables" / "variables"))
+    return {"format": "saved_model", "artifact": SAVEDMODEL_DIR, "variables": len(variables)}
+
+
+def build_example_dnn(rng: np.random.RandomState) -> Built:
+    """A classifier served on serialized tf.Examples, as an Estimator's serving export is: a string placeholder
+    `input_example_tensor` parsed by `tf.io.parse_example` (op `ParseExample/ParseExampleV2`: a fixed-length
+    `x` of 4 floats, a var-length `extras` densified and summed), then 5-16-3 dense layers and a softmax; Adam,
+    10 steps. Its shards are TFRecord files of tf.Examples."""
+    serialized = v1.placeholder(tf.string, [None], name="input_example_tensor")
+    labels = v1.placeholder(tf.int64, [None], name="labels")
+    spec = {"x": tf.io.FixedLenFeature([4], tf.float32), "extras": tf.io.VarLenFeature(tf.float32)}
+    features = tf.io.parse_example(serialized, spec, name="ParseExample")
+    extras = tf.sparse.to_dense(features["extras"], name="extras")
+    h = tf.concat([features["x"], tf.reduce_sum(extras, axis=1, keepdims=True)], axis=1)
+    h = v1.layers.dense(h, 16, activation=tf.nn.relu, name="hidden")
+    logits = v1.layers.dense(h, 3, name="logits")
+    probs = tf.nn.softmax(logits, name="probs")
+    loss = v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    train_op = v1.train.AdamOptimizer(1e-2).minimize(loss, global_step=v1.train.get_or_create_global_step())
+    feeds = [{serialized: _examples(rng, 16), labels: rng.randint(0, 3, size=16)} for _ in range(10)]
+    return Built(inputs={"examples": serialized}, outputs={"probs": probs}, train_op=train_op, train_feeds=feeds,
+                 shard=lambda r: {"examples": _examples(r, 24)}, save=_save_serving_savedmodel,
+                 tfrecord_shards=True)
+
+
 MODELS: dict[str, Callable[[np.random.RandomState], Built]] = {
     "linear": build_linear,
     "mlp": build_mlp,
@@ -452,6 +503,7 @@ MODELS: dict[str, Callable[[np.random.RandomState], Built]] = {
     "frozen_cnn": build_frozen_cnn,
     "savedmodel_mlp": build_savedmodel_mlp,
     "estimator_dnn": build_estimator_dnn,
+    "example_dnn": build_example_dnn,
 }
 
 
@@ -507,6 +559,14 @@ def save_checkpoint(sess: v1.Session, folder: Path, built: Built) -> dict:
             "variables": len(tf.train.list_variables(str(folder / CKPT_NAME)))}
 
 
+def write_tfrecord(path: Path, records: np.ndarray, gzip: bool = False) -> None:
+    """Serialized records as a TFRecord file (`tf.io.TFRecordWriter`); GZIP-compressed as `<path>.gz`."""
+    options = tf.io.TFRecordOptions(compression_type="GZIP") if gzip else None
+    with tf.io.TFRecordWriter(str(path) + (".gz" if gzip else ""), options) as writer:
+        for record in records:
+            writer.write(record)
+
+
 def write_model(name: str, folder: Path) -> tuple[int, int]:
     """Build, train and save model `name` into `folder`; return (variables or constants saved, train steps)."""
     graph = tf.Graph()
@@ -525,7 +585,10 @@ def write_model(name: str, folder: Path) -> tuple[int, int]:
     for i in range(N_SHARDS):
         arrays = built.shard(rng)
         assert set(arrays) == set(built.inputs), (name, sorted(arrays), sorted(built.inputs))
-        np.savez(shards / f"shard-{i:03d}.npz", **arrays)
+        if built.tfrecord_shards:
+            write_tfrecord(shards / f"shard-{i:03d}.tfrecord", next(iter(arrays.values())), gzip=i == N_SHARDS - 1)
+        else:
+            np.savez(shards / f"shard-{i:03d}.npz", **arrays)
     write_extra_data(name, folder)
 
     manifest = {

@@ -194,8 +194,8 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def _save_pyfunc(path: Path, artifacts: dict[str, str], signature: ModelSignature, example: dict[str, np.ndarray],
-                 mlflow_model: Model) -> None:
+def _save_pyfunc(path: Path, artifacts: dict[str, str], signature: ModelSignature,
+                 example: dict[str, np.ndarray] | None, mlflow_model: Model) -> None:
     """Write the MLflow model folder at `path` (local only: nothing is logged yet)."""
     module = sys.modules[__name__]
     with _SAVE_LOCK:
@@ -253,7 +253,8 @@ def register_migrated(client: MlflowClient, run_id: str, name: str, savedmodel: 
     if not (savedmodel / "saved_model.pb").is_file():
         raise ValueError(f"{savedmodel} is not a SavedModel folder (no saved_model.pb)")
     tags = {str(k): str(v) for k, v in tags.items()}
-    example = {k: np.asarray(v)[:EXAMPLE_ROWS] for k, v in example.items() if k in inputs}
+    # none when the shard holds no input of the model (serialized tf.Examples the graph parsed itself)
+    example = {k: np.asarray(v)[:EXAMPLE_ROWS] for k, v in example.items() if k in inputs} or None
     signature = signature_for(inputs, outputs)
 
     run = client.get_run(run_id)

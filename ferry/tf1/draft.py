@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import tensorflow as tf
 import yaml
 
 from ferry.files import project_root, write_atomically
@@ -46,8 +47,39 @@ class Survey:
     inputs: dict[str, str]
     outputs: dict[str, str]
     declared: bool  # the signature is the artifact's own (a SavedModel's SignatureDef)
+    serialized: str | None = None  # the string tensor it parses tf.Examples from (inputs: the parsed features)
     translation: Translation | None = None
     blockers: dict[str, str] = field(default_factory=dict)
+
+
+PARSE_OPS = frozenset({"ParseExample", "ParseExampleV2"})
+
+
+def parsed_inputs(graph: tf.Graph, serialized: str) -> dict[str, str] | None:
+    """Where the graph's own parse ops hand the features of the serialized tf.Examples fed at `serialized` (a
+    string tensor) to the model, by feature key: a dense feature's parse output, a var-length one's
+    `SparseToDense`; None when no parse op reads `serialized`."""
+    tensor = graph.get_tensor_by_name(serialized)
+    if tensor.dtype != tf.string:
+        return None
+    found: dict[str, str] = {}
+    for op in (c for c in tensor.consumers() if c.type in PARSE_OPS and c.inputs[0] is tensor):
+        if op.type == "ParseExampleV2":
+            n_sparse = op.get_attr("num_sparse")
+            sparse_keys, dense_keys = (tf.get_static_value(op.inputs[i]) for i in (2, 3))
+        else:  # the TF 1.x op: one key tensor per feature
+            n_sparse, n_dense = op.get_attr("Nsparse"), op.get_attr("Ndense")
+            keys = [tf.get_static_value(t) for t in op.inputs[2:2 + n_sparse + n_dense]]
+            sparse_keys, dense_keys = keys[:n_sparse], keys[n_sparse:]
+        if sparse_keys is None or dense_keys is None or any(k is None for k in [*sparse_keys, *dense_keys]):
+            continue  # keys fed at run time: nothing to name
+        for i, key in enumerate(dense_keys):
+            found[serving_name(key.decode())] = op.outputs[3 * n_sparse + i].name
+        for j, key in enumerate(sparse_keys):
+            dense = [c for c in op.outputs[j].consumers() if c.type == "SparseToDense"]
+            if dense:
+                found[serving_name(key.decode())] = dense[0].outputs[0].name
+    return found or None
 
 
 def named_after_data(inputs: dict[str, str], shards: Path) -> dict[str, str]:
@@ -75,9 +107,12 @@ def survey(artifact: Source | str | Path) -> Survey:
     if not declared:
         inputs = named_after_data(inputs, default_shards(source))
     found = Survey(source, inventory, inputs, outputs, declared is not None)
-    if inputs and outputs:
+    parsed = parsed_inputs(load_graph(source), next(iter(inputs.values()))) if len(inputs) == 1 else None
+    if parsed:  # an Estimator-style serving graph: translated from what its parse ops make of the records
+        found.serialized, found.inputs = next(iter(inputs.values())), parsed
+    if found.inputs and outputs:
         try:
-            found.translation = translate(load_graph(source), inputs, outputs, str(source.artifact))
+            found.translation = translate(load_graph(source), found.inputs, outputs, str(source.artifact))
         except UnsupportedGraph as exc:
             found.blockers = exc.found
     return found
@@ -87,12 +122,13 @@ def _flow(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip()
 
 
-def default_shards(source: Source) -> Path:
-    """Where verification data usually lies: `shards/*.npz` beside the artifact, or beside its folder."""
+def default_shards(source: Source, pattern: str = "*.npz") -> Path:
+    """Where verification data usually lies: `shards/*.npz` (or `pattern`) beside the artifact, or beside its
+    folder."""
     for folder in (source.artifact.parent, source.artifact.parent.parent):
         if (folder / "shards").is_dir():
-            return folder / "shards" / "*.npz"
-    return source.artifact.parent / "shards" / "*.npz"
+            return folder / "shards" / pattern
+    return source.artifact.parent / "shards" / pattern
 
 
 def draft_spec(artifact: Source | str | Path | Survey, out: Path, name: str | None = None, shards: str | None = None,
@@ -113,12 +149,18 @@ def draft_spec(artifact: Source | str | Path | Survey, out: Path, name: str | No
         return os.path.relpath(path, out.parent)
 
     lines = [f"# Drafted by ferry from {source.artifact.name} ({source.format}) on {date.today()}: edit freely."]
-    lines += ["# Inputs and outputs are the SavedModel's own signature." if found.declared else
-              "# Inputs and outputs were guessed from the graph (placeholders; ops nothing reads): confirm them.",
-              f"name: {name}", "source:", f"  {source.format}: {json.dumps(rel(source.artifact))}"]
+    if found.serialized:
+        lines.append(f"# The graph parses the serialized tf.Examples fed at {found.serialized}: the inputs are what "
+                     "its parse ops make of them, by feature key.")
+    elif found.declared:
+        lines.append("# Inputs and outputs are the SavedModel's own signature.")
+    else:
+        lines.append("# Inputs and outputs were guessed from the graph (placeholders; ops nothing reads): confirm "
+                     "them.")
+    lines += [f"name: {name}", "source:", f"  {source.format}: {json.dumps(rel(source.artifact))}"]
     if source.format == "estimator_dir":
         lines.append("  checkpoint: latest")
-    if not found.declared:
+    if not found.declared or found.serialized:
         lines += [f"  inputs: {_flow(found.inputs)}", f"  outputs: {_flow(found.outputs)}"]
     if found.translation is None:
         lines += ["# `architecture: auto` cannot translate these op types (one node each): write the model as",
@@ -134,8 +176,12 @@ def draft_spec(artifact: Source | str | Path | Survey, out: Path, name: str | No
         lines += ["architecture:", "  graph:", "    nodes:", *[f"      - {_flow(node)}" for node in derived.nodes],
                   f"    outputs: {_flow(derived.outputs)}", "name_map:", "  skip: [optimizer]", "  rules:",
                   *[f"    - {_flow(rule)}" for rule in derived.rules]]
-    lines += ["verify:", f"  shards: {json.dumps(rel(shards or default_shards(source)))}", "export:",
-              f"  dir: {json.dumps(rel(project_root(out) / 'exports' / name))}", ""]
+    data = default_shards(source, "*.tfrecord*" if found.serialized else "*.npz")
+    lines += ["verify:", f"  shards: {json.dumps(rel(shards or data))}"]
+    if found.serialized:
+        lines += ["  # TFRecord files of tf.Example (GZIP as *.gz), fed as they are to the graph, which parses them",
+                  f"  tfrecord: {{serialized: {json.dumps(found.serialized)}}}"]
+    lines += ["export:", f"  dir: {json.dumps(rel(project_root(out) / 'exports' / name))}", ""]
     return "\n".join(lines)
 
 

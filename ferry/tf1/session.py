@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from ferry.cache import fingerprint
-from ferry.shards import batches
+from ferry.data import SERIALIZED, shard_label, where
+from ferry.shards import ShardError, batches
 from ferry.sources import FORMATS
 from ferry.spec import ModelSpec
 from ferry.tf1.formats import READERS
@@ -50,7 +51,8 @@ def unsupported_layout(graph: tf.Graph, exc: tf.errors.OpError) -> str | None:
 class Reference:
     """The spec's original artifact, loaded (pinned to `device`) and restored once by its own means (its
     Saver, the SavedModel loader); `run` feeds it batches. Any tensor may be fed: an Estimator's model is
-    cut at its `IteratorGetNext`."""
+    cut at its `IteratorGetNext`. A batch of serialized tf.Examples (`{SERIALIZED: ...}`, `verify.tfrecord.
+    serialized`) is fed at the graph's string tensor, and its parse ops make the Keras model's inputs."""
 
     def __init__(self, spec: ModelSpec, device: str):
         self.spec, self.device = spec, device
@@ -65,6 +67,14 @@ class Reference:
                              f"{exc.message.splitlines()[0]}") from None
         self.feeds = {name: self.graph.get_tensor_by_name(t) for name, t in spec.source.inputs.items()}
         self.fetches = {name: self.graph.get_tensor_by_name(t) for name, t in spec.source.outputs.items()}
+        serialized = spec.verify.serialized
+        self.serialized = self.graph.get_tensor_by_name(serialized) if serialized else None
+
+    def feed(self, batch: dict[str, np.ndarray]) -> dict[tf.Tensor, np.ndarray]:
+        """The feed dict of a batch: serving inputs at their tensors, serialized tf.Examples at the string tensor."""
+        if SERIALIZED in batch:
+            return {self.serialized: batch[SERIALIZED]}
+        return {self.feeds[k]: v for k, v in batch.items()}
 
     def run(self, arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
         """The graph's outputs on `arrays`, batch by batch, keyed by serving name."""
@@ -73,8 +83,27 @@ class Reference:
 
     def run_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph's outputs on one batch."""
+        return self._run(self.fetches, batch)
+
+    def inputs_and_outputs(self, batch: dict[str, np.ndarray],
+                           where: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The Keras model's inputs and the graph's outputs on one batch: the batch itself, or, for serialized
+        tf.Examples, what the graph's own parse ops make of them, fetched in the same run as its outputs.
+        `where` (spec file, field, the batch's records) begins the ShardError when the graph's parsing refuses
+        a record."""
+        if SERIALIZED not in batch:
+            return batch, self.run_batch(batch)
         try:
-            return self.session.run(self.fetches, {self.feeds[k]: v for k, v in batch.items()})
+            both = self._run({"inputs": self.feeds, "outputs": self.fetches}, batch)
+        except tf.errors.InvalidArgumentError as exc:
+            reason = " ".join(exc.message.split())[:400]
+            raise ShardError(f"{where}: the graph's own parsing (fed at {self.serialized.name}) refuses a record: "
+                             f"{reason}") from None
+        return both["inputs"], both["outputs"]
+
+    def _run(self, fetches: dict, batch: dict[str, np.ndarray]) -> dict:
+        try:
+            return self.session.run(fetches, self.feed(batch))
         except tf.errors.OpError as exc:
             layout = unsupported_layout(self.graph, exc)
             if layout is None:
@@ -85,7 +114,7 @@ class Reference:
     def run_tensors(self, batch: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray | str]:
         """Any tensors of the graph on one batch, by name; a tensor that cannot be fetched (on a branch not
         taken, inside a loop) gets the first line of TensorFlow's reason instead."""
-        feed = {self.feeds[k]: v for k, v in batch.items()}
+        feed = self.feed(batch)
         try:
             return dict(zip(names, self.session.run(names, feed)))
         except tf.errors.OpError:
@@ -108,11 +137,19 @@ def reference(spec: ModelSpec, device: str) -> Reference:
     source = spec.source
     files = [*FORMATS[source.format].graph_files(source), *FORMATS[source.format].weight_files(source)]
     key = (source.format, str(source.artifact), tuple(fingerprint(f) for f in files), str(source.checkpoint_prefix),
-           source.tag, tuple(source.inputs.items()), tuple(source.outputs.items()), device)
+           source.tag, tuple(source.inputs.items()), tuple(source.outputs.items()), spec.verify.serialized, device)
     with _LOCK:
         if key not in _REFERENCES:
             _REFERENCES[key] = Reference(spec, device)
         return _REFERENCES[key]
+
+
+def keras_inputs(spec: ModelSpec, batch: dict[str, np.ndarray], shard: str, device: str) -> dict[str, np.ndarray]:
+    """A batch of a shard as the Keras model takes it: the batch itself, or the graph's own parse of its
+    serialized tf.Examples."""
+    if SERIALIZED not in batch:
+        return batch
+    return reference(spec, device).inputs_and_outputs(batch, f"{where(spec)}: {shard_label(shard)}")[0]
 
 
 def run_tf1(spec: ModelSpec, arrays: dict[str, np.ndarray], batch_size: int, device: str) -> dict[str, np.ndarray]:
