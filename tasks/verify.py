@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ferry.cache import fingerprint
-from ferry.data import shard_label, split_ref, where
+from ferry.data import SERIALIZED, shard_label, split_ref, where
 from ferry.divergence import FirstDivergence, first_divergence
 from ferry.files import write_atomically
 from ferry.keras3.run import device_for, load_keras, run_batch
@@ -86,14 +86,17 @@ def _verify_on(device: str, spec: ModelSpec, reconstructed: Reconstructed, resto
     rows = 0
     file, start, _ = split_ref(shard)
     start = start or 0
+    label = f"{spec.spec_file}: verify.shards: {shard_label(shard)}"
     failing = None  # the first failing batch: (its index, the batch, the failing output, its rows out of tolerance)
     for i, read in enumerate(stream_shard(spec, shard, spec.verify.batch_size)):
         size = len(next(iter(read.values())))
         first = start + rows
         records = f"{where(spec)}: {file.name}: records {first}..{first + size - 1}"
+        if i == 0 and SERIALIZED not in read:  # before the TF1 graph is fed, so the error names the shard
+            check_signature(read, reconstructed["inputs"], label)
         batch, expected = tf1.inputs_and_outputs(read, records)
-        if i == 0:
-            check_signature(batch, reconstructed["inputs"], f"{spec.spec_file}: verify.shards: {shard_label(shard)}")
+        if i == 0 and SERIALIZED in read:  # what the graph's own parse ops made of the records
+            check_signature(batch, reconstructed["inputs"], label)
         got = run_batch(spec, model, batch, reconstructed["inputs"], device)
         for name in spec.source.outputs:
             parities[name].add(got[name], expected[name])
