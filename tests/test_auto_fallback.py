@@ -93,6 +93,7 @@ def test_ops_without_translation_convert_verify_and_export(built, tmp_path, monk
     data = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.run_id).data
     listed = ", ".join(sorted(FALLBACK_OPS))
     assert data.tags["auto.fallback_ops"] == listed and data.params["auto.fallback_ops"] == listed
+    assert data.tags["tf.grappler.arithmetic_optimization"] == "off"  # beside env.TF_ENABLE_ONEDNN_OPTS
 
 
 @pytest.mark.tf1
