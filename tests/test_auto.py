@@ -80,7 +80,8 @@ def test_auto_converts_and_matches_the_tf1_graph(graphs, tmp_path, name):
 
 
 # tf_slim nets built on request only (zoo/slim_nets.py `large`): FERRY_LARGE_NETS=1 converts and verifies them.
-LARGE_SLIM = ["slim_inception_v3", "slim_resnet_v2_50", "slim_resnet_v1_101"]
+# VGG and OverFeat (~0.5 GB checkpoints each): bench/auto_coverage.py --large.
+LARGE_SLIM = ["slim_inception_v3", "slim_resnet_v2_50", "slim_resnet_v1_101", "slim_resnet_v2_101"]
 
 
 @pytest.fixture(scope="module")
