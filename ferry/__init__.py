@@ -20,3 +20,10 @@ from ferry.prefect_api import STARTUP_TIMEOUT_SECONDS, STARTUP_TIMEOUT_VARIABLE
 
 os.environ.setdefault(STARTUP_TIMEOUT_VARIABLE, str(STARTUP_TIMEOUT_SECONDS))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# Parity measures the conversion for the same reason: Grappler's arithmetic optimizer is off wherever
+# ferry runs TensorFlow. It regroups adds inside a `tf.function` (verify's compiled forward, the reloaded
+# SavedModel), which moved tf_slim resnet_v1_101 7.6e-5-1e-4 normwise from its TF1 Session (0.0 with it
+# off; the Session gives the same either way). `ferry.keras3.run` applies it on import
+# (`tf.config.optimizer`); each model's MLflow run records it.
+GRAPPLER_OPTIONS: dict[str, bool] = {"arithmetic_optimization": False}

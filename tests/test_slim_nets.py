@@ -18,8 +18,8 @@ pytestmark = pytest.mark.tf1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "zoo" / "slim_nets.py"
 DEFAULT = ("slim_resnet_v1", "slim_resnet_v2", "slim_inception_v1", "slim_alexnet_v2", "slim_inception_v2")
-LARGE = ("slim_vgg_a", "slim_overfeat", "slim_resnet_v1_50", "slim_inception_v3", "slim_resnet_v1_101",
-         "slim_resnet_v2_50")
+LARGE = ("slim_vgg_a", "slim_overfeat", "slim_vgg_16", "slim_vgg_19", "slim_resnet_v1_50", "slim_inception_v3",
+         "slim_resnet_v1_101", "slim_resnet_v2_50", "slim_resnet_v2_101")
 INPUT_SIZE = {"slim_resnet_v1": 64, "slim_resnet_v2": 64, "slim_inception_v1": 224,
               "slim_alexnet_v2": 224, "slim_inception_v2": 96}
 # Epsilon of every FusedBatchNorm op, as each net's own arg scope sets it (float32 in the attr).

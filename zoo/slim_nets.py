@@ -160,6 +160,20 @@ def _vgg_a(images: tf.Tensor) -> tf.Tensor:
     return logits
 
 
+def _vgg_16(images: tf.Tensor) -> tf.Tensor:
+    """vgg_16: vgg_a with 13 convs (2-2-3-3-3); fc6 the same 7x7x512x4096 VALID conv, so 224 pixels."""
+    with slim.arg_scope(vgg.vgg_arg_scope()):
+        logits, _ = vgg.vgg_16(images, num_classes=NUM_CLASSES, is_training=False)
+    return logits
+
+
+def _vgg_19(images: tf.Tensor) -> tf.Tensor:
+    """vgg_19: 16 convs (2-2-4-4-4), the same head as vgg_16."""
+    with slim.arg_scope(vgg.vgg_arg_scope()):
+        logits, _ = vgg.vgg_19(images, num_classes=NUM_CLASSES, is_training=False)
+    return logits
+
+
 def _overfeat(images: tf.Tensor) -> tf.Tensor:
     """overfeat: no BN; fc6 is a 6x6x1024x3072 VALID conv; its own input size is 231."""
     with slim.arg_scope(overfeat.overfeat_arg_scope()):
@@ -202,6 +216,14 @@ def _resnet_v2_50(images: tf.Tensor) -> tf.Tensor:
     return logits
 
 
+def _resnet_v2_101(images: tf.Tensor) -> tf.Tensor:
+    """The full resnet_v2_101 (10 classes): 33 pre-activation units."""
+    with slim.arg_scope(resnet_v2.resnet_arg_scope()):
+        logits, _ = resnet_v2.resnet_v2_101(images, num_classes=NUM_CLASSES, is_training=False,
+                                            global_pool=True)
+    return logits
+
+
 def _resnet_v1_50(images: tf.Tensor) -> tf.Tensor:
     """The full resnet_v1_50, 1000 classes, as published (a benchmark-sized model)."""
     with slim.arg_scope(resnet_v1.resnet_arg_scope()):
@@ -221,12 +243,16 @@ MODELS: dict[str, Net] = {
     "slim_alexnet_v2": Net(_alexnet_v2, input_size=224),
     "slim_vgg_a": Net(_vgg_a, input_size=224, large=True),
     "slim_overfeat": Net(_overfeat, input_size=231, large=True),
+    # fc6 needs the 7x7 map of a 224-pixel input: vgg_16 134.3 M parameters (537 MB), vgg_19 139.6 M (559 MB).
+    "slim_vgg_16": Net(_vgg_16, input_size=224, large=True),
+    "slim_vgg_19": Net(_vgg_19, input_size=224, large=True),
     "slim_resnet_v1_50": Net(_resnet_v1_50, input_size=224, large=True),
     "slim_inception_v2": Net(_inception_v2, input_size=96),
     "slim_inception_v3": Net(_inception_v3, input_size=128, large=True),  # 94 BN layers: ~30 s to build
     # The full depth at a small input: ~42.5 M / ~23.5 M parameters (170 / 94 MB checkpoints).
     "slim_resnet_v1_101": Net(_resnet_v1_101, input_size=64, large=True),
     "slim_resnet_v2_50": Net(_resnet_v2_50, input_size=64, large=True),
+    "slim_resnet_v2_101": Net(_resnet_v2_101, input_size=64, large=True),  # ~42.5 M parameters
 }
 DEFAULT = [name for name, net in MODELS.items() if not net.large]
 

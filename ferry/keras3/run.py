@@ -14,10 +14,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import ferry
 from ferry.cache import fingerprint
 from ferry.keras3.build import NODE_OUTPUTS, model_from_info
 from ferry.shards import batches
 from ferry.spec import ModelSpec
+
+# Grappler options pinned for every `tf.function` of this process (verify's forward, the reloaded SavedModel):
+# its arithmetic optimizer regroups adds (docs/design.md). Process-wide; a TF1 Session created without a
+# config takes them too (`context.config`).
+tf.config.optimizer.set_experimental_options(ferry.GRAPPLER_OPTIONS)
 
 
 def devices() -> list[str]:

@@ -239,7 +239,8 @@ def start_model_run(parent: Run, model: str, experiment: str) -> Run:
     """Open a model's run nested under the catalogue run."""
     return _create_run(parent.client, parent.journal, experiment, model, {
         MLFLOW_PARENT_RUN_ID: parent.run_id, MLFLOW_RUN_NAME: model, "ferry.version": ferry.__version__,
-        "env.TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""), **owner_tags()})
+        "env.TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""),
+        **{f"tf.grappler.{k}": "on" if v else "off" for k, v in ferry.GRAPPLER_OPTIONS.items()}, **owner_tags()})
 
 
 def close_abandoned_runs(catalogue: Path, experiment: str) -> list[str]:

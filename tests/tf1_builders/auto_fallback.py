@@ -5,7 +5,8 @@
 writes `OUT/fallback/` (`model.ckpt.*`, `shards/`, `manifest.json`): dense layers around ops with no handler,
 run as `ferry.RawOp` — `Atan2` reading a variable, `Cumprod` (exclusive, reverse), `Lgamma`, `Roll` (constant
 shift and axis), `Betainc` (a constant, a variable and a tensor), `BroadcastTo` of a variable (no tensor input),
-`Qr` (two outputs, both read), a `Cast` to float64 and `Atan2` on float64; and `OUT/odd/<case>/`
+`Qr` (two outputs, both read), a `Cast` to float64 and `Atan2` on float64; `OUT/refused/`: forms of ops whose
+handler refuses them, run as `ferry.RawOp` too (`refused_forms`); and `OUT/odd/<case>/`
 (`model.meta`, `manifest.json`) for graphs `auto` refuses, each naming a node: a reshape to a shape fed at run
 time into a placeholder of unknown rank, a `cond` on a fed predicate, a queue's dequeue, a `py_func`, a
 `RandomUniform` in the inference path, a `tf.while_loop` that is no RNN.
@@ -45,6 +46,33 @@ def fallback(out: Path, rng: np.random.RandomState) -> None:
             sess.run(v1.global_variables_initializer())
             shards = [{"x": rng.rand(8, 6).astype(np.float32)} for _ in range(2)]
             save_model(out / "fallback", sess, {"x": x}, {"y": y}, shards)
+
+
+def refused_forms(out: Path, rng: np.random.RandomState) -> None:
+    """Ops whose handler refuses the form written here, each run as `ferry.RawOp` instead: a gather from a
+    variable along axis 1 (`GatherV2(axis!=0)`), a MatMul of two tensors (`MatMul`: no variable kernel), an
+    exclusive cumsum along the batch dim (`Cumsum(exclusive, along a run-time dim)`), an unsorted top-k
+    (`TopKV2(sorted=False)`), a reshape to a shape computed at run time (`Mul(run-time shape)`: `Shape` runs raw
+    too) and a concat on a non-constant axis."""
+    g = tf.Graph()
+    with g.as_default():
+        v1.set_random_seed(5)
+        x = v1.placeholder(tf.float32, [None, 6], name="x")
+        h = v1.layers.dense(x, 6, activation=tf.nn.tanh, name="fc1")
+        table = v1.get_variable("table", [6, 6], initializer=v1.random_uniform_initializer(-1, 1))
+        h = tf.matmul(h, tf.gather(table, [3, 1, 0, 2, 5, 4], axis=1, name="columns"))
+        h = h + tf.math.cumsum(h, axis=0, exclusive=True, name="running")
+        top = tf.math.top_k(h, k=3, sorted=False, name="top").values
+        h = h + tf.reduce_sum(top, axis=1, keepdims=True)  # order-free: the sum of the 3 largest
+        pairs = tf.reshape(h, tf.stack([tf.shape(h)[0] * 2, -1]), name="pairs")  # a shape computed at run time
+        one = tf.cast(x[0, 0] * 0.0 + 1.0, tf.int32)  # 1, but not a constant
+        wide = tf.reshape(tf.concat([pairs, pairs], axis=one, name="wide"), [-1, 12])
+        h = h + tf.reduce_sum(tf.reshape(wide, [-1, 2, 6]), axis=1)
+        y = tf.identity(v1.layers.dense(h, 3, name="fc2"), name="y")
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            shards = [{"x": rng.rand(8, 6).astype(np.float32)} for _ in range(2)]
+            save_model(out / "refused", sess, {"x": x}, {"y": y}, shards)
 
 
 def odd_graphs() -> dict[str, tuple[tf.Graph, dict[str, str], dict[str, str]]]:
@@ -100,6 +128,7 @@ def odd_graphs() -> dict[str, tuple[tf.Graph, dict[str, str], dict[str, str]]]:
 
 def main(out: Path) -> None:
     fallback(out, np.random.RandomState(0))
+    refused_forms(out, np.random.RandomState(1))
     for name, (graph, inputs, outputs) in odd_graphs().items():
         folder = out / "odd" / name
         folder.mkdir(parents=True)

@@ -86,7 +86,9 @@ def pack(tr: Translator, op: tf.Operation, tensor: tf.Tensor) -> str:
         return tr.add(name, [operand(tr, op.inputs[0])], op="expand_dims", axis=axis)
     parts = [tr.add(part(tr, name, str(i)), [operand(tr, t)], op="expand_dims", axis=axis)
              for i, t in enumerate(op.inputs)]
-    return tr.add(name, parts, **{"class": "Concatenate"}, axis=axis)
+    dtype = op.outputs[0].dtype
+    typed = {} if dtype.is_floating else {"dtype": dtype.name}  # a layer casts to float32 by default (a shape)
+    return tr.add(name, parts, **{"class": "Concatenate"}, axis=axis, **typed)
 
 
 @handles("Unpack")

@@ -1,8 +1,9 @@
 """The translator: walks the inference graph from the outputs back and dispatches each op to the first
 fusion rooted at it that matches (`fusions.FUSIONS`), else to the handler registered for its type.
 
-An op with no translation (or one without a handler for its variable inputs) becomes a `ferry.RawOp`
-node calling `tf.raw_ops` itself (`fallback.py`), listed in `Translation.fallbacks`; any other failure to
+An op with no translation (or one without a handler for its variable inputs), and a form of an op its handler
+refuses (`Unsupported`), becomes a `ferry.RawOp` node calling `tf.raw_ops` itself (`fallback.py`) when it can
+run that way (stateless, no control flow), listed in `Translation.fallbacks`; any other failure to
 translate a node, expected or not, is an `Unsupported` naming the op type and the node, and `translate`
 raises them all at once as `UnsupportedGraph`.
 
@@ -18,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
 
 from ferry.facts import IDENTITY_OPS, VARIABLE_OPS
-from ferry.tf1.auto.fallback import fallback
+from ferry.tf1.auto.fallback import fallback, refusal
 from ferry.tf1.auto.fusions import FUSIONS
 from ferry.tf1.auto.registry import HANDLERS, Unsupported, layer_name
 from ferry.tf1.formats import weight_constants
@@ -69,6 +71,7 @@ class Translator:
         self.unsupported: dict[str, str] = {}
         self.fallbacks: dict[str, str] = {}  # op type emitted as a `ferry.RawOp` -> one node
         self._alive: dict[str, bool] = {}
+        self._frames: list[list[dict[str, Any]]] = []  # per op being emitted: the nodes and rules it added itself
         # a frozen graph's weights: the constants its layers read, bound by node name like variables
         has_variables = any(op.type in VARIABLE_OPS for op in graph.get_operations())
         self.weight_constants = set() if has_variables else set(weight_constants(graph))
@@ -195,15 +198,36 @@ class Translator:
 
     def emit(self, op: tf.Operation, tensor: tf.Tensor) -> str:
         """Translate `op`: the first fusion rooted at it that matches, else the handler of its type. Only
-        handlers that read variables get ops with an input reading one; an op without a handler for it is run
-        as a raw TF op (`fallback`), or refused."""
-        for fusion in FUSIONS:
-            if fusion.root == op.type and (matched := fusion.match(self, op)) is not None:
-                return fusion.emit(self, op, matched)
-        handler = HANDLERS.get(op.type)
-        if handler is None or (not handler.reads_variables and any(self.variable(i) for i in op.inputs)):
-            return fallback(self, op, tensor)
-        return handler.fn(self, op, tensor)
+        handlers that read variables get ops with an input reading one; an op without a handler for it, or
+        of a form its handler refuses, is run as a raw TF op (`fallback`) when it can be, or refused (a
+        refused form: the handler's reason)."""
+        self._frames.append([])
+        try:
+            for fusion in FUSIONS:
+                if fusion.root == op.type and (matched := fusion.match(self, op)) is not None:
+                    return fusion.emit(self, op, matched)
+            handler = HANDLERS.get(op.type)
+            if handler is None or (not handler.reads_variables and any(self.variable(i) for i in op.inputs)):
+                return fallback(self, op, tensor)
+            try:
+                return handler.fn(self, op, tensor)
+            except Unsupported as refused:
+                if refusal(op, op_def_registry.get(op.type)) is not None:
+                    raise  # stateful, control flow, ...: the handler's reason, as before
+                self._discard()
+                try:
+                    return fallback(self, op, tensor)
+                except Unsupported:
+                    raise refused from None
+        finally:
+            self._frames.pop()
+
+    def _discard(self) -> None:
+        """Drop the nodes and rules the op being emitted added itself (not those of its inputs)."""
+        own = {id(entry) for entry in self._frames[-1]}
+        self.out.nodes[:] = [n for n in self.out.nodes if id(n) not in own]
+        self.out.rules[:] = [r for r in self.out.rules if id(r) not in own]
+        self._frames[-1].clear()
 
     def add(self, name: str, inputs: list[str], **spec: Any) -> str:
         """Append a node: name, `class` or `op`, inputs, then the arguments (defaults left out)."""
@@ -212,7 +236,10 @@ class Translator:
             for key in ("strides", "dilation_rate"):
                 if spec.get(key) == [1, 1]:
                     del spec[key]
-        self.out.nodes.append({"name": name, **kind, "inputs": inputs, **spec})
+        node = {"name": name, **kind, "inputs": inputs, **spec}
+        self.out.nodes.append(node)
+        if self._frames:
+            self._frames[-1].append(node)
         return name
 
     def unique(self, name: str, var: str) -> str:
@@ -225,6 +252,8 @@ class Translator:
         if transform:
             rule["transform"] = transform
         self.out.rules.append(rule)
+        if self._frames:
+            self._frames[-1].append(rule)
 
 
 def translate(graph: tf.Graph, inputs: dict[str, str], outputs: dict[str, str], meta: str) -> Translation:
