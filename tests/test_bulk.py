@@ -148,5 +148,5 @@ def test_crash_hang_and_memory_blowup_fail_their_model_only(catalogue):
 
 def test_dask_fan_out_with_two_worker_processes(catalogue):
     rows = migrate_catalogue(str(catalogue), dask="local:2", max_parallel=1)
-    assert len(rows) == 12 and all(r["status"] == "passed" for r in rows)  # the example catalogue
+    assert len(rows) == 13 and all(r["status"] == "passed" for r in rows)  # the example catalogue
     assert len({r["worker"] for r in rows}) == 2  # both worker processes migrated models
