@@ -18,6 +18,10 @@ from ferry.files import process_alive
 
 MARKER = "ferry-export.json"  # in every export: the model it holds, its spec file, ferry's version, the .keras
 LISTED = 5  # names of a refused folder's files quoted in the error
+SIGNATURE = "serving_default"  # the SavedModel's signature taking what the TF1 model took (tasks/export.py)
+# ... and, for a TF1 graph served on serialized tf.Examples, the one taking the parsed features (the Keras model's
+# inputs; what the MLflow model takes)
+FEATURES_SIGNATURE = "features"
 
 
 class ExportDirError(ValueError):

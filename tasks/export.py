@@ -5,6 +5,7 @@ re-checked before the folder is moved into place atomically."""
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,15 @@ import tensorflow as tf
 
 import ferry
 from ferry.cache import fingerprint
-from ferry.export_dir import check_replaceable, make_temp_folder, remove_stale_temp_folders, write_marker
+from ferry.data import SERIALIZED
+from ferry.export_dir import (
+    FEATURES_SIGNATURE,
+    SIGNATURE,
+    check_replaceable,
+    make_temp_folder,
+    remove_stale_temp_folders,
+    write_marker,
+)
 from ferry.files import replace_folder
 from ferry.keras3.layers import portability
 from ferry.keras3.run import load_keras, run_keras
@@ -23,13 +32,15 @@ from ferry.parity import compare
 from ferry.shards import batches, stream_shard
 from ferry.spec import ModelSpec
 from ferry.stages import Exported, Reconstructed, Restored
+from ferry.tf1.parsing import parse_function, serialized_input_name
 from ferry.tf1.session import keras_inputs
 
-SIGNATURE = "serving_default"
 
-
-def serving_function(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict[str, Any]]):
-    """`model`'s serving function, traced once: it takes the TF1 input names and returns the TF1 output names."""
+def serving_functions(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The SavedModel's signatures, each traced once (concrete functions), returning the TF1 output names:
+    `serving_default` takes what the TF1 model took: its input names, or, for a graph served on serialized
+    tf.Examples (`verify.tfrecord.serialized`), the records, parsed by the graph's own ops; then `features`
+    takes the parsed features (the Keras model's inputs)."""
     specs = [tf.TensorSpec([None, *sig["shape"]], sig["dtype"], name=name) for name, sig in inputs.items()]
     names = list(spec.source.outputs)
 
@@ -38,32 +49,46 @@ def serving_function(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict
         out = out if isinstance(out, (list, tuple)) else [out]
         return {name: tensor for name, tensor in zip(names, out)}
 
-    return tf.function(serve, input_signature=specs).get_concrete_function()
+    features = tf.function(serve, input_signature=specs).get_concrete_function()
+    if spec.verify.serialized is None:
+        return {SIGNATURE: features}
+    parse = parse_function(spec)
+
+    def serve_examples(examples):
+        parsed = [tf.ensure_shape(t, s.shape) for t, s in zip(parse(examples), specs)]
+        return features(*parsed)
+
+    examples = tf.TensorSpec([None], tf.string, name=serialized_input_name(spec))
+    return {SIGNATURE: tf.function(serve_examples, input_signature=[examples]).get_concrete_function(),
+            FEATURES_SIGNATURE: features}
 
 
-def write_savedmodel(model: keras.Model, serve, path: Path) -> None:
-    """Write `model`'s variables and its traced `serve` function as a SavedModel with one serving signature.
+def write_savedmodel(model: keras.Model, signatures: dict[str, Any], path: Path) -> None:
+    """Write `model`'s variables and its traced `signatures` as a SavedModel.
     (A plain tf.Module tracking the backend variables once: keras.export.ExportArchive also tracks the Keras
-    wrappers and writes every variable twice. `serve` is a concrete function so that saving does not trace
-    the model again.)"""
+    wrappers and writes every variable twice. The signatures are concrete functions so that saving does not
+    trace the model again.)"""
     module = tf.Module()
     module.variables_ = [w.value for w in model.weights]
-    module.serve = serve
-    tf.saved_model.save(module, str(path), signatures={SIGNATURE: serve})
+    module.signatures_ = dict(signatures)
+    tf.saved_model.save(module, str(path), signatures=signatures)
 
 
-def run_serving(spec: ModelSpec, serve, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A serving function's outputs over whole arrays, `verify.batch_size` rows at a time."""
-    parts = [{k: v.numpy() for k, v in serve(*[tf.constant(batch[k]) for k in spec.source.inputs]).items()}
-             for batch in batches(arrays, spec.verify.batch_size)]
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+def signature_inputs(spec: ModelSpec) -> list[str]:
+    """The names `serving_default` takes: the serving inputs, or the serialized records' name."""
+    return [serialized_input_name(spec)] if spec.verify.serialized is not None else list(spec.source.inputs)
 
 
 def call_savedmodel(spec: ModelSpec, path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Reload a SavedModel and call its serving signature by the TF1 names, batched as `run_serving` is (so a
-    time-major output lines up with the in-memory model's, batch for batch)."""
+    """Reload a SavedModel and call its `serving_default` by the TF1 names, `verify.batch_size` rows at a time
+    (as the in-memory model is run: a time-major output lines up batch for batch). `arrays` holds the serving
+    inputs, or, for a graph served on serialized tf.Examples, the records (`{SERIALIZED: ...}`)."""
     signature = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-    return run_serving(spec, lambda *args: signature(**dict(zip(spec.source.inputs, args))), arrays)
+    names = signature_inputs(spec)
+    keys = [SERIALIZED] if SERIALIZED in arrays else list(spec.source.inputs)
+    parts = [{k: v.numpy() for k, v in signature(**{n: tf.constant(batch[k]) for n, k in zip(names, keys)}).items()}
+             for batch in batches(arrays, spec.verify.batch_size)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def save_and_reload_keras(spec: ModelSpec, model: keras.Model, path: Path) -> keras.Model:
@@ -114,22 +139,29 @@ def export_savedmodel(spec: ModelSpec, reconstructed: Reconstructed, restored: R
     remove_stale_temp_folders(dest)
     model = load_keras(spec, reconstructed, restored["weights"])
     shard = Path(shard)
-    batch = keras_inputs(spec, first_batch(spec, shard), str(shard), "/CPU:0")
-    expected = run_keras(spec, model, batch, spec.verify.batch_size, "/CPU:0")
+    records = first_batch(spec, shard)  # serving inputs, or serialized tf.Examples
+    batch = keras_inputs(spec, records, str(shard), "/CPU:0")
     keras_record = {"file": f"{spec.name}.keras", **portability(model)}
     tmp = make_temp_folder(dest)
     try:
-        reloaded = save_and_reload_keras(spec, model, tmp / keras_record["file"])
-        write_savedmodel(reloaded, serving_function(spec, reloaded, reconstructed["inputs"]), tmp)
+        with ThreadPoolExecutor(1, thread_name_prefix=f"ferry-export-{spec.name}") as pool:
+            # The in-memory outputs (kernels: no GIL held) are computed while the hand-overs are written.
+            expecting = pool.submit(run_keras, spec, model, batch, spec.verify.batch_size, "/CPU:0")
+            reloaded = save_and_reload_keras(spec, model, tmp / keras_record["file"])
+            write_savedmodel(reloaded, serving_functions(spec, reloaded, reconstructed["inputs"]), tmp)
+            expected = expecting.result()
         try:
-            checks = recheck(spec, "SavedModel", call_savedmodel(spec, tmp, batch), expected, shard)
+            checks = recheck(spec, "SavedModel", call_savedmodel(spec, tmp, records), expected, shard)
         except ValueError:  # which hand-over is wrong: the reloaded .keras run by itself, else the SavedModel
             recheck(spec, keras_record["file"], run_keras(spec, reloaded, batch, spec.verify.batch_size, "/CPU:0"),
                     expected, shard)
             raise
         write_marker(tmp, {"model": spec.name, "spec_file": str(spec.spec_file), "ferry_version": ferry.__version__,
-                           "savedmodel": {"signature": SIGNATURE, "inputs": list(spec.source.inputs),
-                                          "outputs": list(spec.source.outputs)},
+                           "savedmodel": {"signature": SIGNATURE, "inputs": signature_inputs(spec),
+                                          "outputs": list(spec.source.outputs),
+                                          **({"features_signature": FEATURES_SIGNATURE,
+                                              "features": list(spec.source.inputs)} if spec.verify.serialized
+                                             else {})},
                            "keras": keras_record})
         check_replaceable(dest, spec.name, spec.spec_file)  # again: something may have landed there meanwhile
         replace_folder(tmp, dest)

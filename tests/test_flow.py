@@ -18,7 +18,7 @@ from ferry.shards import load_shard
 from ferry.spec import load_catalogue
 from ferry.stages import STAGE_NAMES
 from ferry.tf1.formats import READERS
-from ferry.tf1.session import keras_inputs, run_tf1
+from ferry.tf1.session import run_tf1
 from flows.migrate import CatalogueFailed, migrate_catalogue
 from tasks.export import call_savedmodel
 
@@ -113,8 +113,8 @@ def test_catalogue_migrates_every_example_with_full_mlflow_record(catalogue):
         if not spec.source.inputs:  # the artifact's own signature (a TF1 SavedModel's), as inspect resolves it
             spec = spec.with_signature(*READERS[spec.source.format].signature(spec.source))
         arrays = load_shard(spec, spec.shards()[-1])
-        # example_dnn's SavedModel takes what the TF1 graph's parse ops make of the records; the graph the records
-        got = call_savedmodel(spec, spec.export.dir, keras_inputs(spec, arrays, str(spec.shards()[-1]), "/CPU:0"))
+        # each `serving_default` takes what the TF1 model took: example_dnn's the serialized records themselves
+        got = call_savedmodel(spec, spec.export.dir, arrays)
         want = run_tf1(spec, arrays, 64, "/CPU:0")
         assert sorted(got) == list(output[name])  # the serving names: a SavedModel's signature keys too
         for out in output[name]:

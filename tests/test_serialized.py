@@ -61,6 +61,40 @@ def test_an_estimator_style_export_verifies_from_serialized_examples(catalogue, 
     spec = spec.model_copy(update={"export": spec.export.model_copy(update={"dir": tmp_path / "export"})})
     exported = export_savedmodel(spec, info, restored, spec.shards()[3])  # checked on the GZIP shard's first batch
     assert all(o["passed"] and o["rows"] == spec.verify.batch_size for o in exported["outputs"].values())
+    assert_served_as_the_tf1_model_was(spec, Path(exported["path"]))
+
+
+def assert_served_as_the_tf1_model_was(spec, export: Path) -> None:
+    """The exported SavedModel's `serving_default` takes the records, under the TF1 signature's name, and parses
+    them with the graph's own ops (its clients send what they sent the TF1 model); `features` takes the parsed
+    features; both reproduce the TF1 graph on the GZIP shard, loaded as TF2 loads it and as TF Serving does."""
+    import json
+
+    import tensorflow as tf
+
+    from ferry.data import SERIALIZED
+    from ferry.shards import load_shard
+    from ferry.tf1.session import keras_inputs, run_tf1
+
+    arrays = load_shard(spec, spec.shards()[3])  # 24 records holding 0 to 5 `extras` each: one batch, width 5
+    want = run_tf1(spec, arrays, 24, "/CPU:0")["probs"]
+    loaded = tf.saved_model.load(str(export))
+    assert sorted(loaded.signatures) == ["features", "serving_default"]
+    serving = loaded.signatures["serving_default"]
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in serving.structured_input_signature[1].items()} == {
+        "examples": (tf.string, [None])}
+    got = serving(examples=tf.constant(arrays[SERIALIZED]))["probs"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    features = keras_inputs(spec, arrays, str(spec.shards()[3]), "/CPU:0")
+    got = loaded.signatures["features"](**{k: tf.constant(v) for k, v in features.items()})["probs"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:  # TF Serving's loader
+        signature = tf.compat.v1.saved_model.load(session, ["serve"], str(export)).signature_def["serving_default"]
+        got = session.run(signature.outputs["probs"].name, {signature.inputs["examples"].name: arrays[SERIALIZED]})
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    marker = json.loads((export / "ferry-export.json").read_text())["savedmodel"]
+    assert marker == {"signature": "serving_default", "inputs": ["examples"], "outputs": ["probs"],
+                      "features_signature": "features", "features": ["x", "extras"]}
 
 
 def test_the_first_divergence_is_found_on_the_parsed_features(catalogue, tmp_path):
@@ -129,6 +163,20 @@ def test_an_input_not_parsed_from_the_records_is_named(catalogue, tmp_path):
     with pytest.raises(ValueError, match=r"source.inputs.extras: 'hidden/kernel/read:0' is not computed from "
                                          r"'input_example_tensor:0' \(verify.tfrecord.serialized\)"):
         inspect_graph(spec, WorkDir(tmp_path))
+
+
+def test_an_input_the_records_alone_cannot_make_is_named(catalogue, tmp_path):
+    from tasks.inspect import inspect_graph
+
+    # computed from the records, but through a weight: the exported SavedModel could not parse them by itself
+    edit(catalogue, lambda spec: spec["source"]["inputs"].update(extras="hidden/MatMul:0"))
+    spec = spec_of(catalogue, "example_dnn")
+    with pytest.raises(ValueError) as failed:
+        inspect_graph(spec, WorkDir(tmp_path))
+    assert str(failed.value) == (
+        f"{spec.spec_file}: source.inputs.extras: 'hidden/MatMul:0' is computed from node hidden/kernel (VariableV2), "
+        "not from the serialized tf.Examples alone (verify.tfrecord.serialized: 'input_example_tensor:0'): the "
+        "exported SavedModel could not parse the records by itself")
 
 
 def test_the_serialized_records_peek_without_tensorflow(catalogue):

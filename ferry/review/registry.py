@@ -59,11 +59,10 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from ferry.export_dir import keras_file, savedmodel_entries
+from ferry.export_dir import FEATURES_SIGNATURE, SIGNATURE, keras_file, savedmodel_entries
 
 ALIAS = "migrated"  # the registered model's alias for the newest migrated version
 MODEL_NAME = "model"  # the logged model's name in the run (MLflow 2's `artifact_path`)
-SIGNATURE = "serving_default"  # the SavedModel signature ferry writes (tasks/export.py)
 EXAMPLE_ROWS = 5  # rows of the verification shard kept as the input example
 REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "tensorflow")  # what loading the model needs
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # spec names (ferry.spec.ModelSpec.name)
@@ -74,7 +73,8 @@ _SAVE_LOCK = threading.Lock()
 
 
 class SavedModelPyfunc(mlflow.pyfunc.PythonModel):
-    """The SavedModel's `serving_default` signature as a pyfunc model.
+    """The SavedModel's `serving_default` signature as a pyfunc model (its `features` signature, the parsed
+    features, for a model served on serialized tf.Examples).
 
     `predict` takes a dict of arrays keyed by the TF1 serving input names (for a single-input model
     also the bare array; or a pandas DataFrame with one column per input name, each cell one row's
@@ -93,7 +93,8 @@ class SavedModelPyfunc(mlflow.pyfunc.PythonModel):
         import tensorflow as tf
 
         self._module = tf.saved_model.load(context.artifacts["savedmodel"])
-        self._signature = self._module.signatures[SIGNATURE]
+        signatures = self._module.signatures  # the parsed features for a model served on serialized tf.Examples
+        self._signature = signatures[FEATURES_SIGNATURE] if FEATURES_SIGNATURE in signatures else signatures[SIGNATURE]
         _, kwargs = self._signature.structured_input_signature
         self._inputs = {name: spec.dtype.as_numpy_dtype for name, spec in kwargs.items()}
 
