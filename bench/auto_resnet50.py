@@ -42,7 +42,7 @@ from ferry.shards import load_shard  # noqa: E402
 from ferry.spec import load_spec  # noqa: E402
 from ferry.stages import WorkDir  # noqa: E402
 from ferry.tf1.session import run_tf1  # noqa: E402
-from tasks.export import call_savedmodel, export_savedmodel  # noqa: E402
+from tasks.export import call_savedmodel  # noqa: E402
 from tasks.inspect import inspect_graph  # noqa: E402
 from tasks.reconstruct import reconstruct  # noqa: E402
 from tasks.restore import restore_weights  # noqa: E402
@@ -76,14 +76,34 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
+# export's parts, timed inside the stage (the in-memory outputs run in a thread beside the first two)
+EXPORT_PARTS = {"save_and_reload_keras": ".keras save+reload", "serving_functions": "trace",
+                "write_savedmodel": "SavedModel write", "call_savedmodel": "SavedModel reload+call",
+                "run_keras": "in-memory outputs (thread)"}
+
+
 def ferry_route(spec, work: Path) -> dict[str, float]:
-    """ferry's stages as a model's process runs them; seconds per stage."""
+    """ferry's stages as a model's process runs them, and export's parts; seconds each."""
+    import tasks.export as export
+
+    parts: dict[str, float] = {}
+
+    def timing(name, function):
+        def timed_part(*args, **kwargs):
+            result, seconds = timed(lambda: function(*args, **kwargs))
+            parts[EXPORT_PARTS[name]] = parts.get(EXPORT_PARTS[name], 0.0) + seconds
+            return result
+        return timed_part
+
+    for name in EXPORT_PARTS:
+        setattr(export, name, timing(name, getattr(export, name)))
     stages = WorkDir(work / "stages")
     inventory, t_inspect = timed(lambda: inspect_graph(spec, stages))
     info, t_reconstruct = timed(lambda: reconstruct(spec, inventory))
     restored, t_restore = timed(lambda: restore_weights(spec, info, inventory, stages))
-    _, t_export = timed(lambda: export_savedmodel(spec, info, restored, spec.shard_paths()[0]))
-    return {"inspect": t_inspect, "reconstruct": t_reconstruct, "restore": t_restore, "export": t_export}
+    _, t_export = timed(lambda: export.export_savedmodel(spec, info, restored, spec.shard_paths()[0]))
+    return {"inspect": t_inspect, "reconstruct": t_reconstruct, "restore": t_restore, "export": t_export,
+            **{f"export: {k}": v for k, v in parts.items()}}
 
 
 def wrap_route(spec, out: Path) -> None:
@@ -195,7 +215,10 @@ def main() -> None:
         print(f"{label:<42}{median[route]:>9.2f}{median[route] / median['freeze']:>10.2f}{size_mb(Path(path)):>8.1f}"
               f"  {seconds}; {check(spec, Path(path), arrays, want)}")
     stages = {name: statistics.median(r["stages"][name] for r in runs["ferry"]) for name in runs["ferry"][0]["stages"]}
-    print("ferry stages (median): " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
+    print("ferry stages (median): " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()
+                                                if not k.startswith("export: ")))
+    print("  export's parts (median): " + ", ".join(f"{k[8:]} {v:.2f} s" for k, v in stages.items()
+                                                   if k.startswith("export: ")))
     print(f"ferry / freeze: {median['ferry'] / median['freeze']:.2f}   (goal <= 1.0)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
