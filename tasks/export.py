@@ -34,13 +34,27 @@ from ferry.spec import ModelSpec
 from ferry.stages import Exported, Reconstructed, Restored
 from ferry.tf1.parsing import parse_function, serialized_input_name
 from ferry.tf1.session import keras_inputs
+from tasks import stage_logger
 
 
-def serving_functions(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def carried_parsing(spec: ModelSpec) -> tuple[Any | None, str | None]:
+    """For a graph served on serialized tf.Examples (`verify.tfrecord.serialized`): its own parse ops as a function
+    for `serving_default` to run before the model, or None and why not (features the records alone cannot make:
+    `serving_default` then takes the parsed features). (None, None) for any other graph."""
+    if spec.verify.serialized is None:
+        return None, None
+    try:
+        return parse_function(spec), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def serving_functions(spec: ModelSpec, model: keras.Model, inputs: dict[str, dict[str, Any]],
+                      parse: Any | None = None) -> dict[str, Any]:
     """The SavedModel's signatures, each traced once (concrete functions), returning the TF1 output names:
-    `serving_default` takes what the TF1 model took: its input names, or, for a graph served on serialized
-    tf.Examples (`verify.tfrecord.serialized`), the records, parsed by the graph's own ops; then `features`
-    takes the parsed features (the Keras model's inputs)."""
+    `serving_default` takes what the TF1 model took, its input names; with `parse` (`carried_parsing`), the
+    serialized tf.Examples, parsed by the graph's own ops, and then `features` takes the parsed features (the
+    Keras model's inputs)."""
     specs = [tf.TensorSpec([None, *sig["shape"]], sig["dtype"], name=name) for name, sig in inputs.items()]
     names = list(spec.source.outputs)
 
@@ -50,9 +64,8 @@ def serving_functions(spec: ModelSpec, model: keras.Model, inputs: dict[str, dic
         return {name: tensor for name, tensor in zip(names, out)}
 
     features = tf.function(serve, input_signature=specs).get_concrete_function()
-    if spec.verify.serialized is None:
+    if parse is None:
         return {SIGNATURE: features}
-    parse = parse_function(spec)
 
     def serve_examples(examples):
         parsed = [tf.ensure_shape(t, s.shape) for t, s in zip(parse(examples), specs)]
@@ -74,21 +87,28 @@ def write_savedmodel(model: keras.Model, signatures: dict[str, Any], path: Path)
     tf.saved_model.save(module, str(path), signatures=signatures)
 
 
-def signature_inputs(spec: ModelSpec) -> list[str]:
-    """The names `serving_default` takes: the serving inputs, or the serialized records' name."""
-    return [serialized_input_name(spec)] if spec.verify.serialized is not None else list(spec.source.inputs)
-
-
 def call_savedmodel(spec: ModelSpec, path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Reload a SavedModel and call its `serving_default` by the TF1 names, `verify.batch_size` rows at a time
     (as the in-memory model is run: a time-major output lines up batch for batch). `arrays` holds the serving
-    inputs, or, for a graph served on serialized tf.Examples, the records (`{SERIALIZED: ...}`)."""
+    inputs, or the serialized tf.Examples (`{SERIALIZED: ...}`) for a signature that parses them."""
     signature = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-    names = signature_inputs(spec)
-    keys = [SERIALIZED] if SERIALIZED in arrays else list(spec.source.inputs)
-    parts = [{k: v.numpy() for k, v in signature(**{n: tf.constant(batch[k]) for n, k in zip(names, keys)}).items()}
+    if SERIALIZED in arrays:
+        (name,) = signature.structured_input_signature[1]
+        feed = lambda batch: {name: tf.constant(batch[SERIALIZED])}  # noqa: E731
+    else:
+        feed = lambda batch: {k: tf.constant(batch[k]) for k in spec.source.inputs}  # noqa: E731
+    parts = [{k: v.numpy() for k, v in signature(**feed(batch)).items()}
              for batch in batches(arrays, spec.verify.batch_size)]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def savedmodel_record(spec: ModelSpec, parses: bool, not_carried: str | None) -> dict[str, Any]:
+    """The marker's `savedmodel`: its signatures' inputs and outputs, and why the records are not parsed in it."""
+    if not parses:
+        return {"signature": SIGNATURE, "inputs": list(spec.source.inputs), "outputs": list(spec.source.outputs),
+                **({"parsing_not_carried": not_carried} if not_carried else {})}
+    return {"signature": SIGNATURE, "inputs": [serialized_input_name(spec)], "outputs": list(spec.source.outputs),
+            "features_signature": FEATURES_SIGNATURE, "features": list(spec.source.inputs)}
 
 
 def save_and_reload_keras(spec: ModelSpec, model: keras.Model, path: Path) -> keras.Model:
@@ -148,20 +168,21 @@ def export_savedmodel(spec: ModelSpec, reconstructed: Reconstructed, restored: R
             # The in-memory outputs (kernels: no GIL held) are computed while the hand-overs are written.
             expecting = pool.submit(run_keras, spec, model, batch, spec.verify.batch_size, "/CPU:0")
             reloaded = save_and_reload_keras(spec, model, tmp / keras_record["file"])
-            write_savedmodel(reloaded, serving_functions(spec, reloaded, reconstructed["inputs"]), tmp)
+            parse, not_carried = carried_parsing(spec)
+            write_savedmodel(reloaded, serving_functions(spec, reloaded, reconstructed["inputs"], parse), tmp)
             expected = expecting.result()
+        if not_carried:
+            stage_logger().warning("%s: export: serving_default takes the parsed features, not the serialized "
+                                   "tf.Examples: %s", spec.name, not_carried)
         try:
-            checks = recheck(spec, "SavedModel", call_savedmodel(spec, tmp, records), expected, shard)
+            checks = recheck(spec, "SavedModel", call_savedmodel(spec, tmp, records if parse else batch), expected,
+                             shard)
         except ValueError:  # which hand-over is wrong: the reloaded .keras run by itself, else the SavedModel
             recheck(spec, keras_record["file"], run_keras(spec, reloaded, batch, spec.verify.batch_size, "/CPU:0"),
                     expected, shard)
             raise
         write_marker(tmp, {"model": spec.name, "spec_file": str(spec.spec_file), "ferry_version": ferry.__version__,
-                           "savedmodel": {"signature": SIGNATURE, "inputs": signature_inputs(spec),
-                                          "outputs": list(spec.source.outputs),
-                                          **({"features_signature": FEATURES_SIGNATURE,
-                                              "features": list(spec.source.inputs)} if spec.verify.serialized
-                                             else {})},
+                           "savedmodel": savedmodel_record(spec, parse is not None, not_carried),
                            "keras": keras_record})
         check_replaceable(dest, spec.name, spec.spec_file)  # again: something may have landed there meanwhile
         replace_folder(tmp, dest)

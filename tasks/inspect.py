@@ -14,7 +14,6 @@ from ferry.stages import Inspected, WorkDir
 from ferry.tf1.formats import READERS
 from ferry.tf1.inventory import build_inventory, placeholder_ancestors
 from ferry.tf1.load import load_graph
-from ferry.tf1.parsing import parse_ops
 
 
 def inspect_graph(spec: ModelSpec, work: WorkDir) -> Inspected:
@@ -38,8 +37,7 @@ def inspect_graph(spec: ModelSpec, work: WorkDir) -> Inspected:
 
 def check_serialized(spec: ModelSpec, inputs: dict[str, str]) -> None:
     """`verify.tfrecord.serialized` is a string tensor of the graph, and every serving input is computed from it
-    by the graph's parse ops alone (no variable: the exported SavedModel runs them); a ValueError naming the node
-    otherwise."""
+    (by the graph's parse ops); a ValueError naming the node otherwise."""
     graph, name = load_graph(spec.source), spec.verify.serialized
     field = f"{spec.spec_file}: verify.tfrecord.serialized"
     strings = sorted(op.outputs[0].name for op in graph.get_operations()
@@ -56,7 +54,3 @@ def check_serialized(spec: ModelSpec, inputs: dict[str, str]) -> None:
             raise ValueError(f"{spec.spec_file}: source.inputs.{serving}: {input_name!r} is not computed from "
                              f"{name!r} (verify.tfrecord.serialized): the Keras model's inputs are what the graph's "
                              "parse ops make of the records, e.g. 'ParseExample/ParseExampleV2:0'")
-    try:  # the exported SavedModel parses the records with these ops by itself (ferry.tf1.parsing)
-        parse_ops(graph, name, inputs)
-    except ValueError as exc:
-        raise ValueError(f"{spec.spec_file}: {exc}") from None

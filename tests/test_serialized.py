@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, build_zoo, edit_yaml, restore_stages, spec_of
+import yaml
+from conftest import REPO, build_zoo, edit_yaml, restore_stages, run_tf1_source, spec_of
 
 from ferry.parity import ParityError
-from ferry.shards import ShardError
+from ferry.shards import ShardError, load_shard
 from ferry.stages import WorkDir
 
 pytestmark = pytest.mark.tf1
@@ -165,18 +166,90 @@ def test_an_input_not_parsed_from_the_records_is_named(catalogue, tmp_path):
         inspect_graph(spec, WorkDir(tmp_path))
 
 
-def test_an_input_the_records_alone_cannot_make_is_named(catalogue, tmp_path):
-    from tasks.inspect import inspect_graph
+# An Estimator-style serving export whose features go through a vocabulary table (feature columns'
+# categorical_column_with_vocabulary_list): the ids the Keras model takes are made by a table, not by the records
+# alone, so the exported signature cannot parse the records itself.
+TABLE_MODEL = """
+import sys
+from pathlib import Path
 
-    # computed from the records, but through a weight: the exported SavedModel could not parse them by itself
-    edit(catalogue, lambda spec: spec["source"]["inputs"].update(extras="hidden/MatMul:0"))
-    spec = spec_of(catalogue, "example_dnn")
-    with pytest.raises(ValueError) as failed:
-        inspect_graph(spec, WorkDir(tmp_path))
-    assert str(failed.value) == (
-        f"{spec.spec_file}: source.inputs.extras: 'hidden/MatMul:0' is computed from node hidden/kernel (VariableV2), "
-        "not from the serialized tf.Examples alone (verify.tfrecord.serialized: 'input_example_tensor:0'): the "
-        "exported SavedModel could not parse the records by itself")
+import numpy as np
+import tensorflow as tf
+
+v1 = tf.compat.v1
+v1.disable_v2_behavior()
+out = Path(sys.argv[1])
+rng = np.random.RandomState(0)
+
+
+def examples(n):
+    rows = []
+    for _ in range(n):
+        feature = {"x": tf.train.Feature(float_list=tf.train.FloatList(value=rng.normal(size=2).tolist())),
+                   "color": tf.train.Feature(bytes_list=tf.train.BytesList(
+                       value=[[b"red", b"green", b"blue", b"teal"][rng.randint(4)]]))}
+        rows.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return rows
+
+
+serialized = v1.placeholder(tf.string, [None], name="input_example_tensor")
+parsed = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([2], tf.float32),
+                                          "color": tf.io.FixedLenFeature([], tf.string)}, name="ParseExample")
+x = tf.identity(parsed["x"], name="x_parsed")
+table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+    tf.constant(["red", "green", "blue"]), tf.constant([0, 1, 2], tf.int64)), default_value=3, name="colors")
+ids = tf.identity(table.lookup(parsed["color"]), name="color_ids")
+embedding = v1.get_variable("color_embedding", [4, 3])
+h = tf.concat([x, tf.gather(embedding, ids)], axis=1)
+probs = tf.nn.softmax(v1.layers.dense(h, 2, name="out"), name="probs")
+with v1.Session() as sess:
+    sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
+    builder = v1.saved_model.Builder(str(out / "savedmodel"))
+    builder.add_meta_graph_and_variables(
+        sess, ["serve"], main_op=v1.tables_initializer(),
+        signature_def_map={"serving_default": v1.saved_model.predict_signature_def(
+            inputs={"examples": serialized}, outputs={"probs": probs})})
+    builder.save()
+(out / "shards").mkdir()
+for i in range(2):
+    with tf.io.TFRecordWriter(str(out / "shards" / f"shard-{i}.tfrecord")) as writer:
+        for record in examples(12):
+            writer.write(record)
+"""
+
+
+def test_features_the_records_alone_cannot_make_are_served_parsed_and_said(tmp_path):
+    import json
+
+    from ferry.spec import load_spec
+    from ferry.tf1.session import keras_inputs, run_tf1
+    from tasks.export import call_savedmodel, export_savedmodel
+    from tasks.verify import verify_shard
+
+    (tmp_path / "zoo").mkdir()
+    run_tf1_source(TABLE_MODEL, tmp_path / "zoo", tmp_path / "zoo")
+    path = tmp_path / "colors.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "colors", "architecture": "auto",
+        "source": {"saved_model": "zoo/savedmodel", "inputs": {"x": "x_parsed:0", "color_ids": "color_ids:0"},
+                   "outputs": {"probs": "probs:0"}},
+        "verify": {"shards": "zoo/shards/*.tfrecord", "batch_size": 4,
+                   "tfrecord": {"serialized": "input_example_tensor:0"}},
+        "export": {"dir": "export"}}, sort_keys=False))
+    spec = load_spec(path)
+    info, restored = restore_stages(spec, tmp_path / "work")
+    assert all(verify_shard(spec, info, restored, shard, i)["passed"] for i, shard in enumerate(spec.shards()))
+    exported = export_savedmodel(spec, info, restored, spec.shards()[0])
+    assert all(o["passed"] for o in exported["outputs"].values())
+    marker = json.loads((Path(exported["path"]) / "ferry-export.json").read_text())["savedmodel"]
+    assert marker["inputs"] == ["x", "color_ids"]  # the parsed features, and why
+    assert marker["parsing_not_carried"] == (
+        f"{spec.spec_file}: source.inputs.color_ids: 'color_ids:0' is computed from node colors (HashTableV2), not "
+        "from the serialized tf.Examples alone (verify.tfrecord.serialized: 'input_example_tensor:0')")
+    arrays = load_shard(spec, spec.shards()[1])
+    features = keras_inputs(spec, arrays, str(spec.shards()[1]), "/CPU:0")
+    np.testing.assert_allclose(call_savedmodel(spec, Path(exported["path"]), features)["probs"],
+                               run_tf1(spec, arrays, 12, "/CPU:0")["probs"], atol=1e-5, rtol=1e-5)
 
 
 def test_the_serialized_records_peek_without_tensorflow(catalogue):

@@ -46,8 +46,7 @@ def parse_ops(graph: tf.Graph, serialized: str, features: dict[str, str]) -> lis
         if op.type in STATEFUL:
             path = next(name for name, t in features.items() if op.name in _ancestors(graph.get_tensor_by_name(t).op))
             raise ValueError(f"source.inputs.{path}: {features[path]!r} is computed from node {op.name} ({op.type}), "
-                             f"not from the serialized tf.Examples alone (verify.tfrecord.serialized: {serialized!r}): "
-                             "the exported SavedModel could not parse the records by itself")
+                             f"not from the serialized tf.Examples alone (verify.tfrecord.serialized: {serialized!r})")
         stack.extend(t.op for t in op.inputs)
         stack.extend(op.control_inputs)
     return list(seen.values())
@@ -65,7 +64,8 @@ def _ancestors(op: tf.Operation) -> set[str]:
 
 def parse_function(spec: ModelSpec):
     """The graph's parsing as a concrete function: serialized tf.Examples (a string vector) -> the Keras model's
-    inputs, in `source.inputs` order."""
+    inputs, in `source.inputs` order; a ValueError naming the spec, the input and the node when the records alone
+    cannot make them."""
     graph = load_graph(spec.source)
     serialized = spec.verify.serialized
     try:
