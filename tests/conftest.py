@@ -84,6 +84,15 @@ def slim_zoo(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def twin_mlp(tmp_path_factory) -> Path:
+    """`twin_mlp/`: an MLP with two same-shaped hidden layers, written by tests/tf1_builders/twin_mlp.py (the
+    zoo's script) in its own process; tests/test_stages.py and tests/test_divergence.py read it."""
+    out = tmp_path_factory.mktemp("twin")
+    run_tf1_script(TF1_BUILDERS / "twin_mlp.py", out)
+    return out / "twin_mlp"
+
+
 @pytest.fixture
 def catalogue(tmp_path, zoo, monkeypatch) -> Path:
     """A private copy of the example catalogue (specs/) next to the zoo, with its own MLflow store."""
