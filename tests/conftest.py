@@ -71,6 +71,28 @@ def zoo(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def slim_zoo(tmp_path_factory) -> Path:
+    """The default (non-large) tf_slim networks, written once by zoo/slim_nets.py run as a user runs it (the
+    script sets its TF1 environment itself); tests/test_slim_nets.py checks them, tests/test_auto.py converts
+    them. Nothing writes into it (test_slim_nets reruns the script over it and checks that)."""
+    out = tmp_path_factory.mktemp("slim_zoo")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, str(REPO / "zoo" / "slim_nets.py"), "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def twin_mlp(tmp_path_factory) -> Path:
+    """`twin_mlp/`: an MLP with two same-shaped hidden layers, written by tests/tf1_builders/twin_mlp.py (the
+    zoo's script) in its own process; tests/test_stages.py and tests/test_divergence.py read it."""
+    out = tmp_path_factory.mktemp("twin")
+    run_tf1_script(TF1_BUILDERS / "twin_mlp.py", out)
+    return out / "twin_mlp"
+
+
 @pytest.fixture
 def catalogue(tmp_path, zoo, monkeypatch) -> Path:
     """A private copy of the example catalogue (specs/) next to the zoo, with its own MLflow store."""

@@ -35,13 +35,13 @@ OWN = ["layers_bn_dropout", "unsupported", "lstm_adagrad", "lstm_ftrl", "nchw_co
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory, zoo) -> dict[str, Path]:
-    """meta path per model: the example zoo, tf_slim's nets, and this module's own graphs."""
+def graphs(tmp_path_factory, zoo, slim_zoo) -> dict[str, Path]:
+    """meta path per model: the example zoo, tf_slim's nets (zoo/slim_nets.py, conftest's session build), and
+    this module's own graphs."""
     out = tmp_path_factory.mktemp("auto")
     run_tf1_script(REPO / "tests" / "tf1_builders" / "auto_graphs.py", out / "own")
-    run_tf1_script(REPO / "zoo" / "slim_nets.py", "--out", str(out / "slim"))
     metas = {name: zoo / name / "model.ckpt.meta" for name in ZOO}
-    metas |= {name: out / "slim" / name / "model.ckpt.meta" for name in SLIM}
+    metas |= {name: slim_zoo / name / "model.ckpt.meta" for name in SLIM}
     metas |= {name: out / "own" / name / "model.ckpt.meta" for name in OWN}
     return metas
 

@@ -146,7 +146,13 @@ def test_crash_hang_and_memory_blowup_fail_their_model_only(catalogue):
     assert set(stage_states(states, "linear").values()) == {"Cached"}
 
 
+# One model of each source format (the whole example catalogue runs in tests/test_flow.py): four models on two
+# single-threaded workers, all submitted at once, keep both workers busy.
+DASK_MODELS = ["estimator_dnn", "frozen_cnn", "linear", "savedmodel_mlp"]
+
+
 def test_dask_fan_out_with_two_worker_processes(catalogue):
+    keep_models(catalogue, DASK_MODELS)
     rows = migrate_catalogue(str(catalogue), dask="local:2", max_parallel=1)
-    assert len(rows) == 13 and all(r["status"] == "passed" for r in rows)  # the example catalogue
+    assert [(r["model"], r["status"], r["coverage"]) for r in rows] == [(m, "passed", 1.0) for m in DASK_MODELS]
     assert len({r["worker"] for r in rows}) == 2  # both worker processes migrated models

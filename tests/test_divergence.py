@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TF1_BUILDERS, artifact_paths, edit_yaml, restore_stages, run_tf1_script
+from conftest import REPO, artifact_paths, edit_yaml, restore_stages
 from mlflow.tracking import MlflowClient
 
 from ferry.divergence import align, describe, first_divergence
@@ -23,11 +23,15 @@ TOL = Tolerance(atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """`zoo/` (resnet_bn, text_lstm, twin_mlp, built by TF1 in their own process) and `specs/` (the example
-    catalogue with the specs of resnet_bn and text_lstm, and one for twin_mlp), for each test to copy."""
+def project(tmp_path_factory, zoo, twin_mlp) -> Path:
+    """`zoo/` (resnet_bn and text_lstm of the example zoo, twin_mlp: conftest's session builds by TF1 in their
+    own processes; only read here) and `specs/` (the example catalogue with the specs of resnet_bn and text_lstm,
+    and one for twin_mlp), for each test to copy."""
     root = tmp_path_factory.mktemp("divergence")
-    run_tf1_script(TF1_BUILDERS / "divergence_models.py", root / "zoo")
+    (root / "zoo").mkdir()
+    for name in ("resnet_bn", "text_lstm"):
+        (root / "zoo" / name).symlink_to(zoo / name, target_is_directory=True)
+    (root / "zoo" / "twin_mlp").symlink_to(twin_mlp, target_is_directory=True)
     (root / "specs" / "models").mkdir(parents=True)
     shutil.copy(REPO / "specs" / "catalogue.yaml", root / "specs")
     for name in ("resnet_bn", "text_lstm"):

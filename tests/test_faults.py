@@ -428,6 +428,28 @@ def project(tmp_path, zoo) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def used_prefect_home(tmp_path_factory) -> Path:
+    """A Prefect home as on any machine used before: the first `ferry` process's temporary server created its
+    database (the slow first start, a minute or more on a busy machine), saying so in one line and nothing else.
+    `used_project` copies it: each `ferry` process still starts a temporary server of its own."""
+    root = tmp_path_factory.mktemp("first-start")
+    done = ferry(root, "-c", "import ferry; from ferry.prefect_api import ensure_api; ensure_api()", module=None)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert (root / "prefect-home" / "prefect.db").is_file()
+    [line] = out.strip().splitlines()  # the first start prints nothing but ferry's line either
+    assert line.startswith("ferry: starting Prefect's temporary server (no PREFECT_API_URL set) ... up in "), out
+    return root / "prefect-home"
+
+
+@pytest.fixture
+def used_project(project, used_prefect_home) -> Path:
+    """`project` with a copy of the used Prefect home (its server not running: files only)."""
+    shutil.copytree(used_prefect_home, project / "prefect-home")
+    return project
+
+
 @pytest.mark.e2e
 def test_an_unreachable_prefect_api_is_one_line_of_advice(project):
     done = ferry(project, "run", "--only", "linear", PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api")
@@ -449,7 +471,8 @@ def test_a_prefect_server_too_slow_to_start_ends_with_what_to_do(project):
 
 
 @pytest.mark.e2e
-def test_a_failing_run_prints_no_traceback_and_starts_prefect_in_one_line(project):
+def test_a_failing_run_prints_no_traceback_and_starts_prefect_in_one_line(used_project):
+    project = used_project  # a first start's own output: used_prefect_home
     edit_yaml(project / "specs" / "models" / "mlp.yaml", lambda s: s["name_map"]["rules"][0].update(to="nope/\\2"))
     done = ferry(project, "run")
     out = done.stdout + done.stderr
@@ -463,13 +486,12 @@ def test_a_failing_run_prints_no_traceback_and_starts_prefect_in_one_line(projec
 
 
 @pytest.mark.e2e
-def test_two_runs_of_one_catalogue_at_once_both_end_correct(project):
+def test_two_runs_of_one_catalogue_at_once_both_end_correct(used_project):
     """Two `ferry run`s started together once tore the restored weights file (a zeroed first layer) and
     cached it; now a model is migrated by one run at a time, and the other takes its results."""
     # the Prefect home exists already, as on any machine used before (two first-ever starts at once would
     # both create its database)
-    warm = ferry(project, "-c", "import ferry; from ferry.prefect_api import ensure_api; ensure_api()", module=None)
-    assert warm.returncode == 0, warm.stderr
+    project = used_project
     first = ferry(project, "run", background=True)
     second = ferry(project, "run", background=True)
     outs = [p.communicate(timeout=900)[0] for p in (first, second)]
@@ -486,9 +508,10 @@ def test_two_runs_of_one_catalogue_at_once_both_end_correct(project):
 
 
 @pytest.mark.e2e
-def test_a_killed_run_is_closed_by_the_next_one_which_cleans_up_after_it(project):
+def test_a_killed_run_is_closed_by_the_next_one_which_cleans_up_after_it(used_project):
     """kill -9 during the export: the rerun marks the MLflow runs KILLED and the Prefect flow run Crashed,
     removes the temporary SavedModel copy, and migrates the model."""
+    project = used_project
     keep_models(project / "specs" / "catalogue.yaml", ["linear"])
     run = ferry(project, "run", background=True)
     exports = project / "exports"

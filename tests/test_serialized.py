@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, build_zoo, edit_yaml, restore_stages, run_tf1_source, spec_of
+from conftest import REPO, edit_yaml, restore_stages, run_tf1_source, spec_of
 
 from ferry.parity import ParityError
 from ferry.shards import ShardError, load_shard
@@ -21,10 +21,11 @@ pytestmark = pytest.mark.tf1
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """`zoo/example_dnn` (zoo/build.py, TF1 in its own process) and `specs/` with its catalogue spec alone."""
+def project(tmp_path_factory, zoo) -> Path:
+    """`zoo/` (the session's example zoo, zoo/build.py, TF1 in its own process: example_dnn is read, never written)
+    and `specs/` with example_dnn's catalogue spec alone."""
     root = tmp_path_factory.mktemp("serialized")
-    build_zoo(root / "zoo", "--only", "example_dnn")
+    (root / "zoo").symlink_to(zoo, target_is_directory=True)
     (root / "specs" / "models").mkdir(parents=True)
     shutil.copy(REPO / "specs" / "catalogue.yaml", root / "specs")
     shutil.copy(REPO / "specs" / "models" / "example_dnn.yaml", root / "specs" / "models")

@@ -115,13 +115,7 @@ def fingerprint(root: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def slim_zoo(tmp_path_factory) -> Path:
-    """The default (non-large) tf_slim networks, built once by the real script."""
-    out = tmp_path_factory.mktemp("slim_zoo")
-    done = run_script("--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+# slim_zoo: tests/conftest.py (a session fixture: tests/test_auto.py converts the same nets)
 
 
 def load_graph(folder: Path) -> tf.Graph:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TF1_BUILDERS, run_tf1_script, spec_of
+from conftest import spec_of
 
 from ferry.keras3.build import build_model, weight_paths
 from ferry.spec import load_spec
@@ -42,11 +42,13 @@ export:
 
 
 @pytest.fixture(scope="module")
-def twin_zoo(tmp_path_factory) -> Path:
-    """A TF1 MLP with two same-shaped hidden layers, built by the zoo script in its own process."""
-    out = tmp_path_factory.mktemp("twin") / "zoo"
-    run_tf1_script(TF1_BUILDERS / "twin_mlp.py", out)
-    return out.parent
+def twin_zoo(tmp_path_factory, twin_mlp) -> Path:
+    """A folder with `zoo/twin_mlp` (conftest's: a TF1 MLP with two same-shaped hidden layers, built by the zoo
+    script in its own process) for the specs written beside it."""
+    root = tmp_path_factory.mktemp("twin-specs")
+    (root / "zoo").mkdir()
+    (root / "zoo" / "twin_mlp").symlink_to(twin_mlp, target_is_directory=True)
+    return root
 
 
 def twin_spec(folder: Path, rules: str):
