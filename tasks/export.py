@@ -92,23 +92,28 @@ def call_savedmodel(spec: ModelSpec, path: Path, arrays: dict[str, np.ndarray]) 
     (as the in-memory model is run: a time-major output lines up batch for batch). `arrays` holds the serving
     inputs, or the serialized tf.Examples (`{SERIALIZED: ...}`) for a signature that parses them."""
     signature = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-    if SERIALIZED in arrays:
+    if SERIALIZED in arrays:  # signature argument -> the array it takes
         (name,) = signature.structured_input_signature[1]
-        feed = lambda batch: {name: tf.constant(batch[SERIALIZED])}  # noqa: E731
+        keys = {name: SERIALIZED}
     else:
-        feed = lambda batch: {k: tf.constant(batch[k]) for k in spec.source.inputs}  # noqa: E731
-    parts = [{k: v.numpy() for k, v in signature(**feed(batch)).items()}
+        keys = {name: name for name in spec.source.inputs}
+    parts = [{k: v.numpy() for k, v in signature(**{n: tf.constant(batch[k]) for n, k in keys.items()}).items()}
              for batch in batches(arrays, spec.verify.batch_size)]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def savedmodel_record(spec: ModelSpec, parses: bool, not_carried: str | None) -> dict[str, Any]:
-    """The marker's `savedmodel`: its signatures' inputs and outputs, and why the records are not parsed in it."""
-    if not parses:
-        return {"signature": SIGNATURE, "inputs": list(spec.source.inputs), "outputs": list(spec.source.outputs),
-                **({"parsing_not_carried": not_carried} if not_carried else {})}
-    return {"signature": SIGNATURE, "inputs": [serialized_input_name(spec)], "outputs": list(spec.source.outputs),
-            "features_signature": FEATURES_SIGNATURE, "features": list(spec.source.inputs)}
+def savedmodel_record(spec: ModelSpec, signatures: dict[str, Any], not_carried: str | None) -> dict[str, Any]:
+    """The marker's `savedmodel`: the inputs of the signatures written (`serving_functions`), the outputs, and why
+    the records are not parsed in it."""
+    def inputs(function) -> list[str]:
+        return [arg.name for arg in function.structured_input_signature[0]]
+
+    record = {"signature": SIGNATURE, "inputs": inputs(signatures[SIGNATURE]), "outputs": list(spec.source.outputs)}
+    if FEATURES_SIGNATURE in signatures:
+        record.update(features_signature=FEATURES_SIGNATURE, features=inputs(signatures[FEATURES_SIGNATURE]))
+    if not_carried:
+        record["parsing_not_carried"] = not_carried
+    return record
 
 
 def save_and_reload_keras(spec: ModelSpec, model: keras.Model, path: Path) -> keras.Model:
@@ -169,7 +174,8 @@ def export_savedmodel(spec: ModelSpec, reconstructed: Reconstructed, restored: R
             expecting = pool.submit(run_keras, spec, model, batch, spec.verify.batch_size, "/CPU:0")
             reloaded = save_and_reload_keras(spec, model, tmp / keras_record["file"])
             parse, not_carried = carried_parsing(spec)
-            write_savedmodel(reloaded, serving_functions(spec, reloaded, reconstructed["inputs"], parse), tmp)
+            signatures = serving_functions(spec, reloaded, reconstructed["inputs"], parse)
+            write_savedmodel(reloaded, signatures, tmp)
             expected = expecting.result()
         if not_carried:
             stage_logger().warning("%s: export: serving_default takes the parsed features, not the serialized "
@@ -182,7 +188,7 @@ def export_savedmodel(spec: ModelSpec, reconstructed: Reconstructed, restored: R
                     expected, shard)
             raise
         write_marker(tmp, {"model": spec.name, "spec_file": str(spec.spec_file), "ferry_version": ferry.__version__,
-                           "savedmodel": savedmodel_record(spec, parse is not None, not_carried),
+                           "savedmodel": savedmodel_record(spec, signatures, not_carried),
                            "keras": keras_record})
         check_replaceable(dest, spec.name, spec.spec_file)  # again: something may have landed there meanwhile
         replace_folder(tmp, dest)

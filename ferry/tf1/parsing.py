@@ -32,34 +32,26 @@ def serialized_input_name(spec: ModelSpec) -> str:
 
 def parse_ops(graph: tf.Graph, serialized: str, features: dict[str, str]) -> list[tf.Operation]:
     """The ops computing `features` (name -> tensor) from the string tensor `serialized`; a ValueError naming the
-    node when one reads anything but the records and constants (a variable, another placeholder, a table)."""
+    input and the node when one reads anything but the records and constants (a variable, another placeholder, a
+    table)."""
     start = graph.get_tensor_by_name(serialized).op
     seen: dict[str, tf.Operation] = {}
-    stack = [graph.get_tensor_by_name(t).op for t in features.values()]
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen[op.name] = op
-        if op is start:
-            continue
-        if op.type in STATEFUL:
-            path = next(name for name, t in features.items() if op.name in _ancestors(graph.get_tensor_by_name(t).op))
-            raise ValueError(f"source.inputs.{path}: {features[path]!r} is computed from node {op.name} ({op.type}), "
-                             f"not from the serialized tf.Examples alone (verify.tfrecord.serialized: {serialized!r})")
-        stack.extend(t.op for t in op.inputs)
-        stack.extend(op.control_inputs)
+    for name, tensor in features.items():  # one walk per input: the one that meets a stateful op is named
+        stack = [graph.get_tensor_by_name(tensor).op]
+        while stack:
+            op = stack.pop()
+            if op.name in seen:
+                continue
+            seen[op.name] = op
+            if op is start:
+                continue
+            if op.type in STATEFUL:
+                raise ValueError(f"source.inputs.{name}: {tensor!r} is computed from node {op.name} ({op.type}), "
+                                 f"not from the serialized tf.Examples alone (verify.tfrecord.serialized: "
+                                 f"{serialized!r})")
+            stack.extend(t.op for t in op.inputs)
+            stack.extend(op.control_inputs)
     return list(seen.values())
-
-
-def _ancestors(op: tf.Operation) -> set[str]:
-    found, stack = set(), [op]
-    while stack:
-        op = stack.pop()
-        if op.name not in found:
-            found.add(op.name)
-            stack.extend([t.op for t in op.inputs] + list(op.control_inputs))
-    return found
 
 
 def parse_function(spec: ModelSpec):
